@@ -1,0 +1,103 @@
+"""HEAR 2021 API for ATST-Clip (``hear-validator atst_hear -m CKPT``, hear-eval-kit runners).
+
+* ``get_scene_embeddings``: the official linear-evaluation features (CLS and token mean of
+  the last ``n_blocks`` blocks, averaged over ``train_len`` chunks): ``2 * n_blocks * D``.
+* ``get_timestamp_embeddings``: one embedding per 40 ms token, the last ``n_blocks`` blocks
+  concatenated (CLS excluded): ``n_blocks * D``, timestamps at token centres.
+
+Model options (``load_model(path, **options)``, or hear-eval-kit ``--model-options JSON``):
+``n_blocks`` (default: all blocks), ``chunk_seconds`` (default: the checkpoint's
+``train_len``), ``center_crop_seconds`` (scene embeddings only; the official linear
+evaluation used 12, default: no crop) and ``chunks_per_pass`` (memory bound).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.audio_input import check_batch
+from pretrain.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor, center_crop
+from pretrain.features import DEFAULT_CHUNKS_PER_PASS
+from pretrain.frontend import SAMPLE_RATE
+
+CHECKPOINT_ENV = "ATST_CHECKPOINT"
+# Token k covers frames 4k .. 4k+3 (10 ms apart); its centre is 1.5 frames after the first.
+TOKEN_CENTRE_OFFSET_MS = 15.0
+
+__all__ = ["HearATST", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
+
+
+class HearATST(nn.Module):
+    """The object ``load_model`` returns: an ``ATSTFeatureExtractor`` plus HEAR attributes."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, extractor: ATSTFeatureExtractor, *, n_blocks: int, center_crop_seconds: float | None) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.n_blocks = extractor.check_n_blocks(n_blocks)
+        if center_crop_seconds is not None and not center_crop_seconds > 0:
+            raise ValueError(f"center_crop_seconds must be positive or None, got {center_crop_seconds}")
+        self.center_crop_seconds = center_crop_seconds
+        dim = extractor.encoder.embed_dim
+        self.scene_embedding_size = 2 * self.n_blocks * dim
+        self.timestamp_embedding_size = self.n_blocks * dim
+
+
+def load_model(
+    model_file_path: str = "",
+    *,
+    n_blocks: int | None = None,
+    chunk_seconds: float | None = None,
+    center_crop_seconds: float | None = None,
+    chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+) -> HearATST:
+    """Load an ATST checkpoint (official ``small.ckpt``/``base.ckpt`` or one from ``pretrain``).
+
+    With no path, the path in the ``ATST_CHECKPOINT`` environment variable is used.
+    """
+    path = model_file_path or os.environ.get(CHECKPOINT_ENV, "")
+    if not path:
+        raise ValueError(
+            "atst_hear needs a checkpoint: pass model_file_path (hear-validator -m, heareval --model) "
+            f"or set {CHECKPOINT_ENV}. Use an official ATST-Clip small.ckpt/base.ckpt, or make one "
+            "with `python -m pretrain` (or pretrain.write_random_checkpoint for a smoke test)."
+        )
+    extractor = ATSTFeatureExtractor.from_checkpoint(
+        path, chunk_seconds=chunk_seconds, chunks_per_pass=chunks_per_pass
+    )
+    n_blocks = extractor.encoder.depth if n_blocks is None else n_blocks
+    return HearATST(extractor, n_blocks=n_blocks, center_crop_seconds=center_crop_seconds).eval()
+
+
+def _check_model(model: HearATST) -> None:
+    if not isinstance(model, HearATST):
+        raise TypeError(f"model must come from atst_hear.load_model, got {type(model).__name__}")
+
+
+def get_scene_embeddings(audio: Tensor, model: HearATST) -> Tensor:
+    """``(n_sounds, n_samples)`` audio at 16 kHz -> ``(n_sounds, scene_embedding_size)``."""
+    _check_model(model)
+    audio = check_batch(audio)
+    if model.center_crop_seconds is not None:
+        audio = center_crop(audio, int(model.center_crop_seconds * SAMPLE_RATE))
+    with torch.no_grad():
+        emb = model.extractor.scene_embeddings(list(audio), n_blocks=model.n_blocks)
+    return emb.to(audio.device, torch.float32)
+
+
+def get_timestamp_embeddings(audio: Tensor, model: HearATST) -> tuple[Tensor, Tensor]:
+    """``(n_sounds, n_samples)`` audio -> embeddings ``(n_sounds, n_tokens, size)`` and
+    timestamps ``(n_sounds, n_tokens)`` in ms (token centres, 40 ms apart)."""
+    _check_model(model)
+    audio = check_batch(audio)
+    with torch.no_grad():
+        layers, _ = model.extractor.layer_features(list(audio), n_blocks=model.n_blocks)
+    n_blocks, batch, n_tokens, dim = layers.shape
+    emb = layers.permute(1, 2, 0, 3).reshape(batch, n_tokens, n_blocks * dim)
+    centres = torch.arange(n_tokens, device=audio.device, dtype=torch.float64) * TOKEN_HOP_MS + TOKEN_CENTRE_OFFSET_MS
+    timestamps = centres.to(torch.float32).expand(batch, n_tokens).clone()
+    return emb.to(audio.device, torch.float32), timestamps

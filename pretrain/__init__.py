@@ -1,0 +1,29 @@
+"""ATST (Audio Teacher-Student Transformer): model, front end, checkpoints and pretraining."""
+
+from pretrain.audio_input import AudioInputError
+from pretrain.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_encoder,
+    read_checkpoint,
+    save_checkpoint,
+    write_random_checkpoint,
+)
+from pretrain.encoder import ARCHS, ATSTEncoder
+from pretrain.extractor import ATSTFeatureExtractor
+from pretrain.frontend import SAMPLE_RATE, LogMelFrontEnd
+
+__all__ = [
+    "ARCHS",
+    "ATSTEncoder",
+    "ATSTFeatureExtractor",
+    "AudioInputError",
+    "CheckpointError",
+    "LogMelFrontEnd",
+    "SAMPLE_RATE",
+    "UnsafeCheckpointError",
+    "load_encoder",
+    "read_checkpoint",
+    "save_checkpoint",
+    "write_random_checkpoint",
+]

@@ -1,0 +1,111 @@
+"""Front end + encoder + the two feature protocols, as one module the adapters share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.audio_input import check_clips
+from pretrain.checkpoint import DEFAULT_TRAIN_LEN, EncoderSpec, load_encoder
+from pretrain.encoder import PATCH_FRAMES, ATSTEncoder
+from pretrain.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
+from pretrain.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
+
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+TOKEN_HOP_MS = 1000 * PATCH_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 40.0
+MIN_CHUNK_SECONDS = 0.5
+
+
+def center_crop(wav: Tensor, n_samples: int) -> Tensor:
+    """The middle ``n_samples`` of a clip (shorter clips unchanged), as the official linear eval."""
+    if wav.shape[-1] <= n_samples:
+        return wav
+    start = (wav.shape[-1] - n_samples) // 2
+    return wav[..., start : start + n_samples]
+
+
+class ATSTFeatureExtractor(nn.Module):
+    """Waveforms at 16 kHz -> ATST-Clip features (scene embeddings or per-token layers).
+
+    Args:
+        encoder: the transformer.
+        train_len: crop length (s) the encoder was trained on; sets the default chunk length.
+        chunk_seconds: chunk length for long clips (default ``train_len``).
+        chunks_per_pass: chunks per forward pass (bounds memory on long audio).
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        encoder: ATSTEncoder,
+        *,
+        train_len: float = DEFAULT_TRAIN_LEN,
+        chunk_seconds: float | None = None,
+        chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+    ) -> None:
+        super().__init__()
+        self.frontend = LogMelFrontEnd()
+        self.encoder = encoder
+        self.train_len = float(train_len)
+        chunk_seconds = self.train_len if chunk_seconds is None else float(chunk_seconds)
+        longest = encoder.max_tokens * PATCH_FRAMES / FRAMES_PER_SECOND
+        if not MIN_CHUNK_SECONDS <= chunk_seconds <= longest:
+            raise ValueError(f"chunk_seconds must be in {MIN_CHUNK_SECONDS}..{longest:g} s, got {chunk_seconds}")
+        if int(chunks_per_pass) < 1:
+            raise ValueError(f"chunks_per_pass must be >= 1, got {chunks_per_pass}")
+        self.chunk_seconds = chunk_seconds
+        self.chunks_per_pass = int(chunks_per_pass)
+        # official: int(train_len * 100 + 1) frames for the scene protocol
+        self.scene_chunk_frames = int(chunk_seconds * FRAMES_PER_SECOND + 1)
+        self.chunk_tokens = int(round(chunk_seconds * FRAMES_PER_SECOND)) // PATCH_FRAMES
+        self.spec: EncoderSpec | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **options) -> ATSTFeatureExtractor:
+        """Load the teacher encoder of any supported checkpoint (see ``pretrain.checkpoint``)."""
+        encoder, spec = load_encoder(path)
+        extractor = cls(encoder, train_len=spec.train_len, **options)
+        extractor.spec = spec
+        return extractor.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.cls_token.device
+
+    def check_n_blocks(self, n_blocks: int) -> int:
+        if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= self.encoder.depth:
+            raise ValueError(f"n_blocks must be an int in 1..{self.encoder.depth}, got {n_blocks!r}")
+        return n_blocks
+
+    def mels(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Checked clips -> padded mels ``(B, 64, T)`` and frames per clip, on the model's device."""
+        clips = check_clips(wavs)
+        return self.frontend.batch([w.to(self.device) for w in clips])
+
+    def scene_embeddings(self, wavs: Sequence[Tensor], *, n_blocks: int) -> Tensor:
+        """Official linear-evaluation features of each clip: ``(B, 2 * n_blocks * D)``."""
+        mels, lengths = self.mels(wavs)
+        return scene_embedding(
+            self.encoder,
+            mels,
+            lengths,
+            n_blocks=self.check_n_blocks(n_blocks),
+            chunk_frames=self.scene_chunk_frames,
+            chunks_per_pass=self.chunks_per_pass,
+        )
+
+    def layer_features(self, wavs: Sequence[Tensor], *, n_blocks: int) -> tuple[Tensor, Tensor]:
+        """Per-token features ``(n_blocks, B, T_max, D)`` (40 ms hop) and tokens per clip."""
+        mels, lengths = self.mels(wavs)
+        return layer_features(
+            self.encoder,
+            mels,
+            lengths,
+            n_blocks=self.check_n_blocks(n_blocks),
+            chunk_tokens=self.chunk_tokens,
+            chunks_per_pass=self.chunks_per_pass,
+        )

@@ -1,0 +1,125 @@
+"""Chunked feature extraction over clips longer than the encoder's trained length.
+
+The encoder was trained on crops of ``train_len`` seconds, so long clips are cut into
+chunks that are all run together, a bounded number per forward pass (memory stays flat
+for hour-long clips). Two protocols:
+
+* ``scene_embedding``: the official linear-evaluation features
+  (``get_intermediate_layers_chunks``), kept exact, including its chunk counting and the
+  scaling of the token mean by ``tokens_in_chunk / tokens_left_in_clip`` for every chunk
+  but the last (the paper's numbers include it).
+* ``layer_features``: per-token features for timestamp embeddings and s3prl. Chunks are cut
+  on the token grid (``train_len * 25`` tokens, i.e. 600 frames for 6 s, not the official
+  601) so that no frame is dropped between chunks and tokens stay 40 ms apart for any length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pretrain.encoder import PATCH_FRAMES, ATSTEncoder
+
+DEFAULT_CHUNKS_PER_PASS = 32
+# The official code divides token sums by (n_tokens + 1e-6).
+MEAN_EPS = 1e-6
+
+
+class _Chunk(NamedTuple):
+    clip: int
+    start_frame: int
+    n_frames: int  # frames of the clip inside this chunk
+    n_frames_left: int  # frames from the chunk start to the clip end (official ``cur_len``)
+
+
+def _groups(chunks: list[_Chunk], size: int) -> Iterator[list[_Chunk]]:
+    for i in range(0, len(chunks), size):
+        yield chunks[i : i + size]
+
+
+def _chunk_mels(mels: Tensor, group: list[_Chunk]) -> Tensor:
+    """Stack the group's mel chunks, zero-padded to the widest: ``(G, 64, W)``."""
+    width = max(c.n_frames for c in group)
+    pieces = []
+    for c in group:
+        piece = mels[c.clip, :, c.start_frame : c.start_frame + c.n_frames]
+        pieces.append(F.pad(piece, (0, width - c.n_frames)))
+    return torch.stack(pieces)
+
+
+def scene_embedding(
+    encoder: ATSTEncoder,
+    mels: Tensor,
+    lengths: Tensor,
+    *,
+    n_blocks: int,
+    chunk_frames: int,
+    chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+) -> Tensor:
+    """Official linear-evaluation features: ``(B, 2 * n_blocks * D)``, CLS parts then means.
+
+    ``mels`` is ``(B, 64, T)`` padded, ``lengths`` the frames of each clip.
+    """
+    chunks = []
+    n_counted = []
+    for clip, length in enumerate(lengths.tolist()):
+        counted = 0
+        for i in range(length // chunk_frames + 1):
+            left = length - i * chunk_frames
+            if (i == 0 and left > 0) or (i > 0 and left > chunk_frames // 2):
+                chunks.append(_Chunk(clip, i * chunk_frames, min(left, chunk_frames), left))
+                counted += 1
+        n_counted.append(counted)
+
+    batch, dim = mels.shape[0], encoder.embed_dim
+    cls_sum = mels.new_zeros(batch, n_blocks, dim)
+    mean_sum = mels.new_zeros(batch, n_blocks, dim)
+    for group in _groups(chunks, chunks_per_pass):
+        tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
+        tokens_left = torch.tensor([c.n_frames_left // PATCH_FRAMES for c in group], device=mels.device)
+        layers = encoder.forward_blocks(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
+        tokens = layers[:, :, 1:]  # (n, G, N, D)
+        valid = torch.arange(tokens.shape[2], device=mels.device)[None, :] < tokens_in_chunk[:, None]
+        token_sum = (tokens * valid[None, :, :, None]).sum(dim=2)
+        mean = token_sum / (tokens_left.to(mels.dtype)[None, :, None] + MEAN_EPS)
+        owner = torch.tensor([c.clip for c in group], device=mels.device)
+        cls_sum.index_add_(0, owner, layers[:, :, 0].transpose(0, 1))
+        mean_sum.index_add_(0, owner, mean.transpose(0, 1))
+    counts = torch.tensor(n_counted, device=mels.device, dtype=mels.dtype)[:, None, None]
+    return torch.cat([(cls_sum / counts).flatten(1), (mean_sum / counts).flatten(1)], dim=1)
+
+
+def layer_features(
+    encoder: ATSTEncoder,
+    mels: Tensor,
+    lengths: Tensor,
+    *,
+    n_blocks: int,
+    chunk_tokens: int,
+    chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+) -> tuple[Tensor, Tensor]:
+    """Per-token outputs of the last ``n_blocks`` blocks (final norm, no CLS).
+
+    Returns ``(n_blocks, B, T_tokens_max, D)`` zero-padded, and the tokens of each clip.
+    Token ``k`` covers frames ``4k .. 4k+3``. Differentiable (s3prl fine-tuning).
+    """
+    n_tokens = (lengths // PATCH_FRAMES).tolist()
+    chunks = [
+        _Chunk(clip, start * PATCH_FRAMES, min(chunk_tokens, total - start) * PATCH_FRAMES, 0)
+        for clip, total in enumerate(n_tokens)
+        for start in range(0, total, chunk_tokens)
+    ]
+    pieces: list[list[Tensor]] = [[] for _ in n_tokens]
+    for group in _groups(chunks, chunks_per_pass):
+        tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
+        layers = encoder.forward_blocks(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
+        for g, c in enumerate(group):
+            pieces[c.clip].append(layers[:, g, 1 : 1 + c.n_frames // PATCH_FRAMES])
+    per_clip = [torch.cat(p, dim=1) for p in pieces]
+    longest = max(n_tokens)
+    out = torch.stack([F.pad(x, (0, 0, 0, longest - x.shape[1])) for x in per_clip], dim=1)
+    return out, torch.tensor(n_tokens, device=mels.device)

@@ -1,0 +1,94 @@
+"""A straightforward re-statement of the official ATST-Clip computations, used as a test
+oracle and as the speed reference in benchmarks/: torchaudio's transforms applied to each
+``(1, 1, T)`` clip, explicit softmax attention with an additive -10000 key mask, one chunk
+at a time in a Python loop over the padded batch, and the final norm applied per block.
+Written from the facts in DESIGN.md; it reuses only the parameters of an ATSTEncoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+
+from pretrain.encoder import ATSTEncoder
+
+MASK_VALUE = -10000.0
+
+
+def official_mel(wav: torch.Tensor) -> torch.Tensor:
+    """(n_samples,) -> (64, T) with torchaudio's own transforms, as the official code."""
+    mel = torchaudio.transforms.MelSpectrogram(
+        16000, n_fft=1024, win_length=1024, hop_length=160, f_min=60, f_max=7800, n_mels=64
+    )(wav[None, None])
+    db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80)(mel)
+    return ((db - (-79.6482)) / (50.6842 - (-79.6482)) * 2 - 1)[0, 0]
+
+
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([m.shape[-1] for m in mels])
+    out = torch.zeros(len(mels), 1, 64, int(lengths.max()))
+    for i, m in enumerate(mels):
+        out[i, 0, :, : m.shape[-1]] = m
+    return out, lengths
+
+
+def _block(blk, x, n_valid):
+    b, n, d = x.shape
+    h = blk.attn.num_heads
+    y = blk.norm1(x)
+    qkv = (y @ blk.attn.qkv.weight.T).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    att = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5
+    mask = torch.arange(n)[None, :] >= n_valid[:, None]
+    att = att + MASK_VALUE * mask[:, None, None, :].float()
+    out = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+    x = x + blk.attn.proj(out)
+    z = blk.mlp.fc2(torch.nn.functional.gelu(blk.mlp.fc1(blk.norm2(x))))
+    return x + z
+
+
+def _tokens(enc: ATSTEncoder, mel4d: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = mel4d.shape
+    w = w - w % 4
+    # einops 'b c (h p1) (w p2) -> b (w h) (p1 p2 c)' with p1 = 64, p2 = 4
+    patches = mel4d[:, :, :, :w].reshape(b, 1, 1, 64, w // 4, 4).permute(0, 4, 2, 3, 5, 1).reshape(b, w // 4, 256)
+    x = enc.patch_embed.patch_embed(patches)
+    x = torch.cat([enc.cls_token.expand(b, -1, -1), x], dim=1)
+    return x + enc.pos_embed[:, : x.shape[1]]
+
+
+def intermediate_layers(enc: ATSTEncoder, mel4d, length, n):
+    """Official get_intermediate_layers: list of n (B, 1 + N, D)."""
+    patch_length = (length - length % 4) // 4
+    x = _tokens(enc, mel4d)
+    out = []
+    for i, blk in enumerate(enc.blocks):
+        x = _block(blk, x, patch_length + 1)
+        if len(enc.blocks) - i <= n:
+            out.append(enc.norm(x))
+    return out
+
+
+def intermediate_layers_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_len):
+    """Official get_intermediate_layers_chunks(avgpool=True): (B, 2 n D)."""
+    total = mel4d.shape[-1]
+    cls_all, avg_all, marks = [], [], []
+    for i in range(total // chunk_len + 1):
+        cur_len = torch.clip(length - i * chunk_len, 0)
+        mark = cur_len > 0 if i == 0 else cur_len > chunk_len // 2
+        chunk = mel4d[:, :, :, i * chunk_len : min((i + 1) * chunk_len, total)]
+        if chunk.shape[-1] < 4:
+            # the official code cannot run an empty chunk; such a chunk never counts
+            continue
+        outs = intermediate_layers(enc, chunk, cur_len, n)
+        patch_length = (cur_len - cur_len % 4) // 4
+        valid = torch.arange(outs[0].shape[1] - 1)[None, :] < patch_length[:, None]
+        cls_all.append(torch.stack([o[:, 0] for o in outs]))
+        avg_all.append(
+            torch.stack([(o[:, 1:] * valid[..., None]).sum(1) / (patch_length[:, None] + 1e-6) for o in outs])
+        )
+        marks.append(mark)
+    m = torch.stack(marks).float()[:, None, :, None]  # (chunks, 1, B, 1)
+    cls = (torch.stack(cls_all) * m).sum(0) / m.sum(0)
+    avg = (torch.stack(avg_all) * m).sum(0) / m.sum(0)
+    return torch.cat(list(cls) + list(avg), dim=-1)
