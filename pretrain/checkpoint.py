@@ -76,7 +76,7 @@ def _allowed_globals() -> Iterator[None]:
         with serialization.safe_globals(_ALLOWED_GLOBALS):
             yield
         return
-    previous = serialization.get_safe_globals()
+    previous = list(serialization.get_safe_globals())
     serialization.add_safe_globals(_ALLOWED_GLOBALS)
     try:
         yield

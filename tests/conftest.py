@@ -1,0 +1,60 @@
+"""Shared fixtures: checkpoint files on disk in every supported layout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pretrain import write_random_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ATST_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def official_checkpoint(out: Path, arch: str, seed: int, layout: str) -> Path:
+    """A random-weight file written by the shared generator of the official layouts."""
+    subprocess.run(
+        [sys.executable, str(FIXTURES / "official_ckpt.py"), str(out), arch, str(seed), layout],
+        check=True,
+        cwd=out.parent,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def parity_fixture() -> dict[str, np.ndarray]:
+    data = np.load(FIXTURES / "public_parity_small_seed42.npz")
+    return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def lightning_small_ckpt(tmp_path_factory) -> Path:
+    return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "small_seed42.ckpt", "small", 42, "lightning")
+
+
+@pytest.fixture(scope="session")
+def dino_small_ckpt(tmp_path_factory) -> Path:
+    return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "dino_small.ckpt", "small", 7, "dino")
+
+
+@pytest.fixture(scope="session")
+def dino_base_ckpt(tmp_path_factory) -> Path:
+    return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "dino_base.ckpt", "base", 3, "dino")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", "tiny", seed=1)
+
+
+def rel_err(ours, ref) -> float:
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
