@@ -66,9 +66,7 @@ def load_model(
             f"or set {CHECKPOINT_ENV}. Use an official ATST-Clip small.ckpt/base.ckpt, or make one "
             "with `python -m pretrain` (or pretrain.write_random_checkpoint for a smoke test)."
         )
-    extractor = ATSTFeatureExtractor.from_checkpoint(
-        path, chunk_seconds=chunk_seconds, chunks_per_pass=chunks_per_pass
-    )
+    extractor = ATSTFeatureExtractor.from_checkpoint(path, chunk_seconds=chunk_seconds, chunks_per_pass=chunks_per_pass)
     n_blocks = extractor.encoder.depth if n_blocks is None else n_blocks
     return HearATST(extractor, n_blocks=n_blocks, center_crop_seconds=center_crop_seconds).eval()
 

@@ -23,8 +23,10 @@ def _init(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     encoder, spec = load_encoder(args.checkpoint)
     n_params = sum(p.numel() for p in encoder.parameters())
-    print(f"{args.checkpoint}: layout={spec.layout} arch={spec.arch} width={spec.embed_dim} depth={spec.depth} "
-          f"heads={spec.num_heads} train_len={spec.train_len}s params={n_params / 1e6:.1f}M")
+    print(
+        f"{args.checkpoint}: layout={spec.layout} arch={spec.arch} width={spec.embed_dim} depth={spec.depth} "
+        f"heads={spec.num_heads} train_len={spec.train_len}s params={n_params / 1e6:.1f}M"
+    )
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -36,8 +38,10 @@ def _embed(args: argparse.Namespace) -> None:
             wav = load_audio(path)
             emb = model.scene_embeddings([wav], n_blocks=n_blocks)[0]
             rows.append(emb.numpy())
-            print(f"{path}: {len(wav) / 16000:.2f} s -> scene embedding {tuple(emb.shape)}, "
-                  f"mean {float(emb.mean()):+.4f}, std {float(emb.std()):.4f}")
+            print(
+                f"{path}: {len(wav) / 16000:.2f} s -> scene embedding {tuple(emb.shape)}, "
+                f"mean {float(emb.mean()):+.4f}, std {float(emb.std()):.4f}"
+            )
     if args.out:
         np.save(args.out, np.stack(rows))
         print(f"saved {len(rows)} embeddings to {args.out}")

@@ -31,9 +31,7 @@ def check_batch(audio: Tensor) -> Tensor:
     if not isinstance(audio, Tensor):
         raise AudioInputError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
     if audio.ndim != 2:
-        raise AudioInputError(
-            f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}"
-        )
+        raise AudioInputError(f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}")
     if audio.shape[0] == 0:
         raise AudioInputError("audio holds no sounds (shape[0] == 0)")
     _check_clip(audio, "audio")

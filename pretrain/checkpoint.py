@@ -63,9 +63,7 @@ def _attribute_dict_stand_in(module: str) -> type:
     return type("AttributeDict", (dict,), {"__module__": module, "__qualname__": "AttributeDict"})
 
 
-_ALLOWED_GLOBALS: list[Any] = [argparse.Namespace] + [
-    _attribute_dict_stand_in(m) for m in _ATTRIBUTE_DICT_MODULES
-]
+_ALLOWED_GLOBALS: list[Any] = [argparse.Namespace] + [_attribute_dict_stand_in(m) for m in _ATTRIBUTE_DICT_MODULES]
 
 
 @contextlib.contextmanager

@@ -154,9 +154,7 @@ class ATSTEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed[:, : n_tokens + 1]
 
-    def forward_blocks(
-        self, mel: Tensor, n_valid_tokens: Tensor | None = None, *, n_last: int | None = None
-    ) -> Tensor:
+    def forward_blocks(self, mel: Tensor, n_valid_tokens: Tensor | None = None, *, n_last: int | None = None) -> Tensor:
         """Outputs of the last ``n_last`` blocks through the final norm, ``(n_last, B, 1 + N, D)``.
 
         This is the official ``get_intermediate_layers``. ``mel`` is ``(B, 64, T)``;

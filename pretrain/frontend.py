@@ -62,9 +62,7 @@ class LogMelFrontEnd(nn.Module):
         for start in range(0, total, STFT_BLOCK_FRAMES):
             stop = min(start + STFT_BLOCK_FRAMES, total)
             segment = padded[start * HOP_LENGTH : (stop - 1) * HOP_LENGTH + N_FFT]
-            spec = torch.stft(
-                segment, N_FFT, HOP_LENGTH, N_FFT, self.window, center=False, return_complex=True
-            )
+            spec = torch.stft(segment, N_FFT, HOP_LENGTH, N_FFT, self.window, center=False, return_complex=True)
             power = spec.abs().pow(2.0)
             blocks.append((power.transpose(0, 1) @ self.mel_fbanks).transpose(0, 1))
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)

@@ -73,7 +73,8 @@ def test_loads_without_lightning_installed(lightning_small_ckpt, dino_small_ckpt
         "for name in ('pytorch_lightning', 'lightning', 'lightning_fabric'):\n"
         "    sys.modules[name] = None  # makes any import of them fail\n"
         "from pretrain import load_encoder\n"
-        f"print(load_encoder({str(lightning_small_ckpt)!r})[1].layout, load_encoder({str(dino_small_ckpt)!r})[1].layout)\n"
+        f"print(load_encoder({str(lightning_small_ckpt)!r})[1].layout,\n"
+        f"      load_encoder({str(dino_small_ckpt)!r})[1].layout)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["lightning", "dino"]

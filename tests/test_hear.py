@@ -168,7 +168,9 @@ def test_wrong_model_object(tiny_model):
 def _validator(ckpt: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "hear-validator"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([str(exe), "atst_hear", "-m", str(ckpt), "-d", "cpu"], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [str(exe), "atst_hear", "-m", str(ckpt), "-d", "cpu"], capture_output=True, text=True, env=env
+    )
 
 
 @pytest.mark.parametrize("layout", ["tiny_ckpt", "lightning_small_ckpt", "dino_base_ckpt"])
