@@ -25,6 +25,9 @@ from torch import Tensor
 from pretrain.encoder import PATCH_FRAMES, ATSTEncoder
 
 DEFAULT_CHUNKS_PER_PASS = 32
+# A pass holds chunks at least this fraction as wide as its widest, so padding wastes little
+# compute while clips of similar lengths still share a pass.
+MIN_WIDTH_RATIO = 0.8
 # The official code divides token sums by (n_tokens + 1e-6).
 MEAN_EPS = 1e-6
 
@@ -37,8 +40,15 @@ class _Chunk(NamedTuple):
 
 
 def _groups(chunks: list[_Chunk], size: int) -> Iterator[list[_Chunk]]:
-    for i in range(0, len(chunks), size):
-        yield chunks[i : i + size]
+    """Chunks in passes of at most ``size``, widest first, of similar widths."""
+    group: list[_Chunk] = []
+    for chunk in sorted(chunks, key=lambda c: -c.n_frames):
+        if group and (len(group) == size or chunk.n_frames < MIN_WIDTH_RATIO * group[0].n_frames):
+            yield group
+            group = []
+        group.append(chunk)
+    if group:
+        yield group
 
 
 def _chunk_mels(mels: Tensor, group: list[_Chunk]) -> Tensor:
@@ -113,13 +123,13 @@ def layer_features(
         for clip, total in enumerate(n_tokens)
         for start in range(0, total, chunk_tokens)
     ]
-    pieces: list[list[Tensor]] = [[] for _ in n_tokens]
+    pieces: dict[_Chunk, Tensor] = {}
     for group in _groups(chunks, chunks_per_pass):
         tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
         layers = encoder.forward_blocks(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
         for g, c in enumerate(group):
-            pieces[c.clip].append(layers[:, g, 1 : 1 + c.n_frames // PATCH_FRAMES])
-    per_clip = [torch.cat(p, dim=1) for p in pieces]
+            pieces[c] = layers[:, g, 1 : 1 + c.n_frames // PATCH_FRAMES]
+    per_clip = [torch.cat([pieces[c] for c in chunks if c.clip == clip], dim=1) for clip in range(len(n_tokens))]
     longest = max(n_tokens)
     out = torch.stack([F.pad(x, (0, 0, 0, longest - x.shape[1])) for x in per_clip], dim=1)
     return out, torch.tensor(n_tokens, device=mels.device)

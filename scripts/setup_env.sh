@@ -21,10 +21,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "setting up $VENV (pinned stack in requirements/; the first run downloads about 5 GB)" >&2
 "$PYTHON" -m venv "$VENV"
+log="$VENV/setup.log"
+pip_install() {
+    if ! "$VENV/bin/python" -m pip install "$@" >>"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "setup failed: pip install $*  (full log: $log)" >&2
+        exit 1
+    fi
+}
 # pip 24.0: catalyst 22.4 (the first release that imports on Python 3.10+) has metadata that
 # pip >= 24.1 rejects.
-"$VENV/bin/python" -m pip install -q "pip==24.0"
-"$VENV/bin/python" -m pip install -q -r requirements/lock.txt
-"$VENV/bin/python" -m pip install -q --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+pip_install "pip==24.0"
+pip_install -r requirements/lock.txt
+pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
+pip_install --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"

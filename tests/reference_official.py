@@ -92,3 +92,16 @@ def intermediate_layers_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_len):
     cls = (torch.stack(cls_all) * m).sum(0) / m.sum(0)
     avg = (torch.stack(avg_all) * m).sum(0) / m.sum(0)
     return torch.cat(list(cls) + list(avg), dim=-1)
+
+
+def layer_features_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_tokens):
+    """Per-token features the plain way: token-grid chunks one at a time, (n, B, T, D)."""
+    frames = chunk_tokens * 4
+    total_tokens = mel4d.shape[-1] // 4
+    pieces = []
+    for start in range(0, total_tokens, chunk_tokens):
+        chunk = mel4d[:, :, :, start * 4 : start * 4 + frames]
+        cur_len = torch.clip(length - start * 4, 0)
+        outs = intermediate_layers(enc, chunk, cur_len, n)
+        pieces.append(torch.stack(outs)[:, :, 1:])
+    return torch.cat(pieces, dim=2)

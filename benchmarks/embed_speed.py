@@ -1,0 +1,136 @@
+"""Embedding throughput of the package against a plain re-statement of the official code.
+
+    .venv/bin/python benchmarks/embed_speed.py [--repeats 3] [--archs small base] [--out FILE.md]
+
+For the small and base encoders (random weights) and two workloads (a batch of 8 x 10 s clips,
+one 60 s clip) it first checks that the package and the reference give the same scene and
+timestamp features (1e-4 relative), then times both (best of --repeats) in the same process:
+seconds of audio per second, the speed-up, and the achieved GFLOP/s of the useful encoder work
+(the FLOPs of the official computation) against the machine's float32 matrix-multiply rate
+measured at the start of the run. The reference (tests/reference_official.py) is written the
+way the official code works: torchaudio transforms per clip, explicit softmax attention with an
+additive mask, one chunk at a time in a Python loop, the final norm applied to each block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_official import intermediate_layers_chunks, layer_features_chunks, official_mel, pad_mels  # noqa: E402
+
+from pretrain import ATSTEncoder, ATSTFeatureExtractor  # noqa: E402
+
+WORKLOADS = {"8 x 10 s": (8, 10.0), "1 x 60 s": (1, 60.0)}
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def encoder_flops(enc: ATSTEncoder, token_counts: list[int]) -> float:
+    """Multiply-adds x 2 of patch embedding and blocks for chunks of the given token counts."""
+    d, total = enc.embed_dim, 0.0
+    for tokens in token_counts:
+        n = tokens + 1
+        total += 2 * tokens * 256 * d + enc.depth * (24 * n * d * d + 4 * n * n * d)
+    return total
+
+
+def scene_chunk_tokens(lengths: list[int], chunk_frames: int) -> list[int]:
+    tokens = []
+    for length in lengths:
+        for i in range(length // chunk_frames + 1):
+            left = length - i * chunk_frames
+            if left > 0 and (i == 0 or left > chunk_frames // 2):
+                tokens.append(min(left, chunk_frames) // 4)
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--archs", nargs="+", default=["small", "base"])
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    peak = matmul_gflops()
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; float32 matmul (2048^3): {peak:.1f} GFLOP/s",
+        "",
+        "| model | workload | features | package (s audio/s) | reference (s audio/s) | speed-up | package GFLOP/s "
+        "| % of matmul |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    print(lines[0], flush=True)
+    for arch in args.archs:
+        model = ATSTFeatureExtractor(ATSTEncoder.from_arch(arch)).eval()
+        enc = model.encoder
+        for name, (batch, seconds) in WORKLOADS.items():
+            g = torch.Generator().manual_seed(1)
+            wavs = list(0.1 * torch.randn(batch, int(seconds * 16000), generator=g))
+            audio_seconds = batch * seconds
+
+            def ours_scene(wavs=wavs):
+                return model.scene_embeddings(wavs, n_blocks=enc.depth)
+
+            def ours_tokens(wavs=wavs):
+                return model.layer_features(wavs, n_blocks=enc.depth)[0]
+
+            def ref_mels(wavs=wavs):
+                return pad_mels([official_mel(w) for w in wavs])
+
+            def ref_scene():
+                mel, length = ref_mels()
+                return intermediate_layers_chunks(enc, mel, length, enc.depth, model.scene_chunk_frames)
+
+            def ref_tokens():
+                mel, length = ref_mels()
+                return layer_features_chunks(enc, mel, length, enc.depth, model.chunk_tokens)
+
+            lengths = [w.shape[0] // 160 + 1 for w in wavs]
+            flops = {
+                "scene": encoder_flops(enc, scene_chunk_tokens(lengths, model.scene_chunk_frames)),
+                "timestamp": encoder_flops(
+                    enc,
+                    [min(model.chunk_tokens, n // 4 - s) for n in lengths for s in range(0, n // 4, model.chunk_tokens)],
+                ),
+            }
+            with torch.no_grad():
+                for kind, ours, ref in (("scene", ours_scene, ref_scene), ("timestamp", ours_tokens, ref_tokens)):
+                    a, b = ours(), ref()
+                    err = float((a - b).abs().max() / b.abs().max())
+                    if err > 1e-4:
+                        raise SystemExit(f"{arch} {name} {kind}: package and reference differ ({err:.2e})")
+                    t_ours = min(_timed(ours) for _ in range(args.repeats))
+                    t_ref = min(_timed(ref) for _ in range(args.repeats))
+                    gflops = flops[kind] / t_ours / 1e9
+                    row = (
+                        f"| {arch} | {name} | {kind} | {audio_seconds / t_ours:.1f} | {audio_seconds / t_ref:.1f} "
+                        f"| {t_ref / t_ours:.2f}x | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
+                    )
+                    lines.append(row)
+                    print(row, flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

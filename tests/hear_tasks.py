@@ -1,0 +1,132 @@
+"""Small HEAR 2021 tasks generated on the fly, in hear-eval-kit's task layout:
+``task_metadata.json``, ``labelvocabulary.csv``, ``<split>.json`` and ``16000/<split>/*.wav``.
+The labels are carried by the sound (tones, chirps, noise bursts, clicks with varied pitch,
+length and level)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+SR = 16000
+SPLITS = ("train", "valid", "test")
+
+
+def _tone(rng, n):
+    t = np.arange(n) / SR
+    f0 = rng.uniform(200, 800)
+    return sum(np.sin(2 * math.pi * f0 * h * t) / h for h in range(1, 5))
+
+
+def _chirp(rng, n):
+    t = np.arange(n) / SR
+    f0, f1 = rng.uniform(200, 500), rng.uniform(1500, 4000)
+    return np.sin(2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1])))
+
+
+def _noise(rng, n):
+    return rng.standard_normal(n)
+
+
+def _clicks(rng, n):
+    x = np.zeros(n)
+    period = int(SR / rng.uniform(4, 12))
+    x[::period] = 1.0
+    return np.convolve(x, np.hanning(40), mode="same")
+
+
+SOUNDS = {"tone": _tone, "chirp": _chirp, "noise": _noise, "clicks": _clicks}
+
+
+def _shaped(rng, kind: str, n: int) -> np.ndarray:
+    x = SOUNDS[kind](rng, n)
+    fade = min(n // 4, int(0.02 * SR))
+    envelope = np.ones(n)
+    envelope[:fade] = np.linspace(0, 1, fade)
+    envelope[n - fade :] = np.linspace(1, 0, fade)
+    return rng.uniform(0.05, 0.5) * envelope * x / (np.abs(x).max() + 1e-9)
+
+
+def _write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
+    root.mkdir(parents=True)
+    (root / "task_metadata.json").write_text(json.dumps(metadata, indent=2))
+    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))
+    for split, files in splits.items():
+        (root / f"{split}.json").write_text(json.dumps({name: target for name, (_, target) in files.items()}))
+        for name, (audio, _) in files.items():
+            path = root / str(SR) / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(str(path), audio.astype(np.float32), SR)
+    return root
+
+
+def make_scene_task(
+    tasks_dir: Path, *, name: str = "synth_scene", seconds: float = 2.0, per_class=(6, 3, 3), seed=0
+) -> Path:
+    """Multiclass scene task: one of tone / chirp / noise / clicks per clip, random length and offset."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    splits = {}
+    for split, count in zip(SPLITS, per_class, strict=True):
+        files = {}
+        for label in SOUNDS:
+            for i in range(count):
+                length = int(rng.uniform(0.4, 1.0) * n)
+                start = rng.integers(0, n - length + 1)
+                audio = np.zeros(n)
+                audio[start : start + length] = _shaped(rng, label, length)
+                files[f"{label}_{i:03d}.wav"] = (audio, [label])
+        splits[split] = files
+    metadata = {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": "trainvaltest",
+        "splits": list(SPLITS),
+        "sample_duration": seconds,
+        "evaluation": ["top1_acc"],
+    }
+    return _write_task(tasks_dir / name, metadata, list(SOUNDS), splits)
+
+
+EVENT_LABELS = ("tone", "noise")
+
+
+def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: float = 4.0, counts=(12, 4, 4), seed=1):
+    """Multilabel event task: 1-3 tone or noise bursts per clip with onsets/offsets in ms."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    splits = {}
+    for split, count in zip(SPLITS, counts, strict=True):
+        files = {}
+        for i in range(count):
+            audio = 0.003 * rng.standard_normal(n)
+            events = []
+            for slot in range(int(rng.integers(1, 4))):
+                label = EVENT_LABELS[int(rng.integers(0, 2))]
+                slot_start = slot * n // 3
+                length = int(rng.uniform(0.3, 0.9) * SR)
+                start = slot_start + int(rng.integers(0, n // 3 - length))
+                audio[start : start + length] += _shaped(rng, label, length)
+                events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + length) / SR})
+            files[f"clip_{i:03d}.wav"] = (audio, events)
+        splits[split] = files
+    metadata = {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "event",
+        "prediction_type": "multilabel",
+        "split_mode": "trainvaltest",
+        "splits": list(SPLITS),
+        "sample_duration": seconds,
+        "evaluation": ["event_onset_200ms_fms", "segment_1s_er"],
+        "evaluation_params": {
+            "event_postprocessing_grid": {"median_filter_ms": [160], "min_duration": [80, 160]},
+        },
+    }
+    return _write_task(tasks_dir / name, metadata, list(EVENT_LABELS), splits)
