@@ -4,7 +4,7 @@
 
 For the small and base encoders (random weights) and two workloads (a batch of 8 x 10 s clips,
 one 60 s clip) it first checks that the package and the reference give the same scene and
-timestamp features (1e-4 relative), then times both (best of --repeats) in the same process:
+timestamp features (1e-4 relative), then times both alternately (best of --repeats) in the same process:
 seconds of audio per second, the speed-up, and the achieved GFLOP/s of the useful encoder work
 (the FLOPs of the official computation) against the machine's float32 matrix-multiply rate
 measured at the start of the run. The reference (tests/reference_official.py) is written the
@@ -43,6 +43,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_best(first, second, repeats: int) -> tuple[float, float]:
+    """Best times of two functions run alternately, so slow drifts of the machine hit both."""
+    times_first, times_second = [], []
+    for _ in range(repeats):
+        times_first.append(_timed(first))
+        times_second.append(_timed(second))
+    return min(times_first), min(times_second)
+
+
 def encoder_flops(enc: ATSTEncoder, token_counts: list[int]) -> float:
     """Multiply-adds x 2 of patch embedding and blocks for chunks of the given token counts."""
     d, total = enc.embed_dim, 0.0
@@ -62,9 +71,48 @@ def scene_chunk_tokens(lengths: list[int], chunk_frames: int) -> list[int]:
     return tokens
 
 
+@torch.no_grad()
+def measure(model: ATSTFeatureExtractor, wavs: list[torch.Tensor], repeats: int):
+    """(features, package time, reference time, useful FLOPs) for scene and timestamp features."""
+    enc = model.encoder
+
+    def ref_mels():
+        return pad_mels([official_mel(w) for w in wavs])
+
+    def ref_scene():
+        mel, length = ref_mels()
+        return intermediate_layers_chunks(enc, mel, length, enc.depth, model.scene_chunk_frames)
+
+    def ref_tokens():
+        mel, length = ref_mels()
+        return layer_features_chunks(enc, mel, length, enc.depth, model.chunk_tokens)
+
+    def ours_scene():
+        return model.scene_embeddings(wavs, n_blocks=enc.depth)
+
+    def ours_tokens():
+        return model.layer_features(wavs, n_blocks=enc.depth)[0]
+
+    lengths = [w.shape[0] // 160 + 1 for w in wavs]
+    token_chunks = [min(model.chunk_tokens, n // 4 - s) for n in lengths for s in range(0, n // 4, model.chunk_tokens)]
+    flops = {
+        "scene": encoder_flops(enc, scene_chunk_tokens(lengths, model.scene_chunk_frames)),
+        "timestamp": encoder_flops(enc, token_chunks),
+    }
+    results = []
+    for kind, ours, ref in (("scene", ours_scene, ref_scene), ("timestamp", ours_tokens, ref_tokens)):
+        a, b = ours(), ref()
+        err = float((a - b).abs().max() / b.abs().max())
+        if err > 1e-4:
+            raise SystemExit(f"{kind}: package and reference differ ({err:.2e})")
+        t_ours, t_ref = interleaved_best(ours, ref, repeats)
+        results.append((kind, t_ours, t_ref, flops[kind]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["small", "base"])
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
@@ -82,52 +130,17 @@ def main() -> None:
     print(lines[0], flush=True)
     for arch in args.archs:
         model = ATSTFeatureExtractor(ATSTEncoder.from_arch(arch)).eval()
-        enc = model.encoder
         for name, (batch, seconds) in WORKLOADS.items():
             g = torch.Generator().manual_seed(1)
             wavs = list(0.1 * torch.randn(batch, int(seconds * 16000), generator=g))
-            audio_seconds = batch * seconds
-
-            def ours_scene(wavs=wavs):
-                return model.scene_embeddings(wavs, n_blocks=enc.depth)
-
-            def ours_tokens(wavs=wavs):
-                return model.layer_features(wavs, n_blocks=enc.depth)[0]
-
-            def ref_mels(wavs=wavs):
-                return pad_mels([official_mel(w) for w in wavs])
-
-            def ref_scene():
-                mel, length = ref_mels()
-                return intermediate_layers_chunks(enc, mel, length, enc.depth, model.scene_chunk_frames)
-
-            def ref_tokens():
-                mel, length = ref_mels()
-                return layer_features_chunks(enc, mel, length, enc.depth, model.chunk_tokens)
-
-            lengths = [w.shape[0] // 160 + 1 for w in wavs]
-            flops = {
-                "scene": encoder_flops(enc, scene_chunk_tokens(lengths, model.scene_chunk_frames)),
-                "timestamp": encoder_flops(
-                    enc,
-                    [min(model.chunk_tokens, n // 4 - s) for n in lengths for s in range(0, n // 4, model.chunk_tokens)],
-                ),
-            }
-            with torch.no_grad():
-                for kind, ours, ref in (("scene", ours_scene, ref_scene), ("timestamp", ours_tokens, ref_tokens)):
-                    a, b = ours(), ref()
-                    err = float((a - b).abs().max() / b.abs().max())
-                    if err > 1e-4:
-                        raise SystemExit(f"{arch} {name} {kind}: package and reference differ ({err:.2e})")
-                    t_ours = min(_timed(ours) for _ in range(args.repeats))
-                    t_ref = min(_timed(ref) for _ in range(args.repeats))
-                    gflops = flops[kind] / t_ours / 1e9
-                    row = (
-                        f"| {arch} | {name} | {kind} | {audio_seconds / t_ours:.1f} | {audio_seconds / t_ref:.1f} "
-                        f"| {t_ref / t_ours:.2f}x | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
-                    )
-                    lines.append(row)
-                    print(row, flush=True)
+            for kind, t_ours, t_ref, flops in measure(model, wavs, args.repeats):
+                gflops = flops / t_ours / 1e9
+                row = (
+                    f"| {arch} | {name} | {kind} | {batch * seconds / t_ours:.1f} | {batch * seconds / t_ref:.1f} "
+                    f"| {t_ref / t_ours:.2f}x | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
+                )
+                lines.append(row)
+                print(row, flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

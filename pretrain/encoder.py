@@ -57,8 +57,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         batch, n, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # strided views instead of a permuted copy: SDPA's CPU kernel takes them as they are
+        qkv = self.qkv(x).view(batch, n, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, n, dim))
 
