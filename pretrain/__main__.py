@@ -1,14 +1,28 @@
-"""Command line: ``python -m pretrain {init,inspect,embed} ...``."""
+"""Command line: ``python -m pretrain COMMAND ...`` (also the ``atst-pretrain`` console script).
+
+train    run or resume ATST-Clip pretraining (presets small / base / tiny, YAML, flags)
+check    scan a dataset and report unreadable, empty, short or silent files
+plot     draw a run's curves to a PNG
+export   write a checkpoint's teacher encoder alone as safetensors
+synth    write the built-in synthetic corpus
+demo     synthetic corpus -> tiny pretraining -> hear-validator -> embeddings
+init     write a randomly initialised encoder checkpoint
+inspect  print what a checkpoint holds
+embed    scene embeddings of audio files
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pretrain import config as run_config
 from pretrain.audio_io import load_audio
 from pretrain.checkpoint import load_encoder, write_random_checkpoint
 from pretrain.encoder import ARCHS
@@ -47,9 +61,105 @@ def _embed(args: argparse.Namespace) -> None:
         print(f"saved {len(rows)} embeddings to {args.out}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__)
+def _train(args: argparse.Namespace) -> None:
+    from pretrain.train import train
+
+    config = run_config.from_arguments(args)
+    if not config.data:
+        raise ValueError("--data is required: a folder of audio files or a CSV/TSV manifest")
+    final = train(config)
+    print(f"final checkpoint: {final}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from pretrain.data import scan_dataset
+
+    report = scan_dataset(args.data, train_len=args.train_len)
+    print(f"{args.data}: {report.files} files, {report.readable} readable, {report.seconds / 3600:.2f} h")
+    print(f"sample rates (resampled to 16 kHz): {dict(sorted(report.sample_rates.items()))}")
+    print(f"shorter than {args.train_len} s (zero-padded): {report.shorter_than_crop}; silent: {report.silent}")
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    print(f"{len(report.problems)} files will be skipped")
+    if report.readable == 0:
+        raise SystemExit(1)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from pretrain.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pretrain.train import export_teacher
+
+    print(f"wrote {export_teacher(args.checkpoint, args.out)}")
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from pretrain.synthetic import make_corpus
+
+    paths = make_corpus(args.out, n_clips=args.clips, seed=args.seed)
+    print(f"wrote {len(paths)} synthetic clips to {args.out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from pretrain.synthetic import make_corpus
+    from pretrain.train import train
+
+    out = Path(args.out)
+    corpus = out / "synthetic_corpus"
+    print(f"== 1/4 synthetic corpus (labelled synthetic: tones, chirps, noise bursts, clicks) in {corpus}")
+    clips = make_corpus(corpus, n_clips=args.clips, seed=0)
+    print(f"== 2/4 tiny ATST pretraining on the CPU ({args.steps} steps)")
+    flags = ["--preset", "tiny", "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
+    final = train(run_config.from_arguments(_parser().parse_args(["train", *flags])))
+    from pretrain.plot import plot_run
+
+    print(f"curves: {plot_run(out / 'run')}")
+    print("== 3/4 hear-validator on the new checkpoint")
+    validator = Path(sys.executable).parent / "hear-validator"
+    result = subprocess.run(
+        [str(validator), "atst_hear", "-m", str(final), "-d", "cpu"], capture_output=True, text=True
+    )
+    print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:])
+    if result.returncode:
+        raise SystemExit(result.returncode)
+    print("== 4/4 embeddings of a few clips")
+    _embed(argparse.Namespace(checkpoint=final, audio=clips[:4], n_blocks=None, out=out / "embeddings.npy"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run or resume pretraining")
+    run_config.add_arguments(p)
+    p.set_defaults(run=_train)
+    p = sub.add_parser("check", help="scan a dataset for problems")
+    p.add_argument("data")
+    p.add_argument("--train-len", type=float, default=6.0)
+    p.set_defaults(run=_check)
+    p = sub.add_parser("plot", help="plot a run's curves")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(run=_plot)
+    p = sub.add_parser("export", help="teacher encoder -> safetensors")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(run=_export)
+    p = sub.add_parser("synth", help="write the synthetic corpus")
+    p.add_argument("out", type=Path)
+    p.add_argument("--clips", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_synth)
+    p = sub.add_parser("demo", help="synthetic corpus, tiny pretraining, hear-validator, embeddings")
+    p.add_argument("--out", type=Path, default=Path("demo_output"))
+    p.add_argument("--clips", type=int, default=96)
+    p.add_argument("--steps", type=int, default=120)
+    p.set_defaults(run=_demo)
     p = sub.add_parser("init", help="write a randomly initialised checkpoint")
     p.add_argument("out", type=Path)
     p.add_argument("--arch", choices=sorted(ARCHS), default="small")
@@ -65,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-blocks", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="save the embeddings as .npy")
     p.set_defaults(run=_embed)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as err:

@@ -8,7 +8,9 @@ Three layouts are read (architecture and ``train_len`` come from the file):
 * ``dino``: the official ``base.ckpt``; encoder under ``teacher["module.backbone.*"]``,
   config in ``args`` (an ``argparse.Namespace``; ``arch`` "ast" = small, "ast_base" = base);
 * ``atst``: this project's files, the Lightning layout with plain-typed ``hyper_parameters``
-  that also name the width, depth and heads, so official tools read them too.
+  that also name the width, depth and heads, so official tools read them too;
+* ``safetensors``: a teacher encoder exported by ``python -m pretrain export`` (encoder keys,
+  shape and ``train_len`` in the file's metadata). Safetensors holds no code at all.
 
 Files are read with ``torch.load(weights_only=True)``. The only classes allowed beyond
 PyTorch's own are ``argparse.Namespace`` and stand-ins for Lightning's ``AttributeDict``
@@ -38,6 +40,7 @@ from pretrain.encoder import ARCHS, HEAD_DIM, ATSTEncoder
 DEFAULT_TRAIN_LEN = 6.0
 FORMAT_NAME = "atst-pretrain"
 FORMAT_VERSION = 1
+SAFETENSORS_FORMAT = "atst-encoder"
 
 LIGHTNING_PREFIX = "model.teacher.encoder."
 DINO_PREFIX = "module.backbone."
@@ -99,6 +102,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
@@ -123,6 +128,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return _plain(obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """An exported encoder as a checkpoint dict of this project's layout."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            weights = {LIGHTNING_PREFIX + k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read safetensors file {path}: {_first_line(err)}") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an exported ATST encoder (no format tag)")
+    hparams = {
+        "format": FORMAT_NAME,
+        "arch": metadata.get("arch") or None,
+        "num_heads": int(metadata["num_heads"]),
+        "train_len": float(metadata["train_len"]),
+    }
+    return {"state_dict": weights, "hyper_parameters": hparams}
 
 
 def _first_line(err: BaseException) -> str:

@@ -69,8 +69,20 @@ class LogMelFrontEnd(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         """Scaled log-mel ``(64, T)`` of one 1-D float32 clip of at least ``MIN_SAMPLES``."""
-        db = 10.0 * torch.log10(torch.clamp(self.mel_power(wav), min=AMIN))
-        db = torch.maximum(db, db.max() - TOP_DB)
+        return self._scaled_db(self.mel_power(wav)[None])[0]
+
+    def equal_length(self, wavs: Tensor) -> Tensor:
+        """Scaled log-mels ``(B, 64, T)`` of a ``(B, n)`` batch of clips of one length, in one STFT
+        (for short clips: pretraining crops; the ``top_db`` floor stays per clip)."""
+        spec = torch.stft(
+            wavs, N_FFT, HOP_LENGTH, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
+        )
+        return self._scaled_db((spec.abs().pow(2.0).transpose(1, 2) @ self.mel_fbanks).transpose(1, 2))
+
+    @staticmethod
+    def _scaled_db(power: Tensor) -> Tensor:
+        db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+        db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - TOP_DB)
         return (db - DB_MIN) / (DB_MAX - DB_MIN) * 2.0 - 1.0
 
     def batch(self, wavs: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,211 @@
+"""Audio collections for pretraining: two random crops per clip, a resumable sample order,
+and corrupt files skipped and counted instead of stopping the run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from pretrain.audio_io import AUDIO_SUFFIXES, AudioFileError
+from pretrain.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A dataset location that holds nothing usable (missing, empty, bad manifest)."""
+
+
+def list_audio(source: str | os.PathLike) -> list[Path]:
+    """Audio files of a folder tree (sorted), or the ``path`` column of a CSV/TSV manifest
+    (paths relative to the manifest's folder; other columns such as ``duration`` are ignored)."""
+    source = Path(source)
+    if not source.exists():
+        raise DatasetError(f"dataset not found: {source}")
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    else:
+        delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
+        with open(source, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+        if not rows or "path" not in rows[0]:
+            raise DatasetError(f"manifest {source} needs a header with a 'path' column")
+        files = [(source.parent / row["path"]) if not os.path.isabs(row["path"]) else Path(row["path"]) for row in rows]
+    if not files:
+        raise DatasetError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {source}")
+    return files
+
+
+def read_span(path: Path, start: int, n_samples: int) -> Tensor:
+    """``n_samples`` at 16 kHz from ``start`` (16 kHz samples), mono; zero-padded past the end."""
+    try:
+        with soundfile.SoundFile(str(path)) as f:
+            rate, frames = f.samplerate, f.frames
+            native_start = int(start * rate / SAMPLE_RATE)
+            native_n = math.ceil(n_samples * rate / SAMPLE_RATE)
+            f.seek(min(native_start, max(frames - 1, 0)))
+            data = f.read(native_n, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+        raise AudioFileError(f"cannot decode {path}: {err}") from None
+    if data.size == 0 and start == 0:
+        raise AudioFileError(f"audio file has no samples: {path}")
+    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")
+    if rate != SAMPLE_RATE and wav.numel():
+        wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
+    wav = wav[:n_samples]
+    return torch.nn.functional.pad(wav, (0, n_samples - wav.numel()))
+
+
+def duration_samples(path: Path) -> int:
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+        raise AudioFileError(f"cannot decode {path}: {err}") from None
+    if info.frames <= 0:
+        raise AudioFileError(f"audio file has no samples: {path}")
+    return int(info.frames * SAMPLE_RATE / info.samplerate)
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    index: int  # file index in the collection
+    seed: int  # seeds the two crop positions
+
+
+class TwoCropDataset(Dataset):
+    """Two independent random crops of ``train_len`` seconds of one clip: ``(2, n)`` float32.
+
+    Shorter clips are zero-padded (as the official random crop). A file that cannot be read
+    gives ``None`` (the collate function skips and counts it)."""
+
+    def __init__(self, files: list[Path], train_len: float) -> None:
+        self.files = files
+        self.n_samples = int(train_len * SAMPLE_RATE)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: SampleKey) -> tuple[Tensor, str] | tuple[None, str]:
+        path = self.files[key.index]
+        try:
+            total = duration_samples(path)
+            rng = np.random.default_rng(key.seed)
+            crops = []
+            for _ in range(2):
+                start = int(rng.integers(0, total - self.n_samples + 1)) if total > self.n_samples else 0
+                crops.append(read_span(path, start, self.n_samples))
+            return torch.stack(crops), str(path)
+        except AudioFileError as err:
+            log.warning("skipping unreadable audio: %s", err)
+            return None, str(path)
+
+
+def collate_crops(items: list[tuple[Tensor | None, str]]) -> dict:
+    """Stack the readable items; report the unreadable ones."""
+    good = [x for x, _ in items if x is not None]
+    bad = [path for x, path in items if x is None]
+    wavs = torch.stack(good) if good else torch.empty(0)
+    return {"wavs": wavs, "skipped": bad, "names": [path for x, path in items if x is not None]}
+
+
+def _mix(*values: int) -> int:
+    digest = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class StepSampler(Sampler[list[SampleKey]]):
+    """Batches ``start_batch .. end_batch - 1`` of one seeded stream of epoch permutations.
+
+    Global batch ``k`` holds stream positions ``[k * B * world, (k + 1) * B * world)``; each rank
+    takes its own slice. The order is a pure function of (seed, batch number), so a run resumed
+    at batch ``start_batch`` continues exactly where an uninterrupted run would be.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        end_batch: int,
+    ) -> None:
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.rank, self.world = rank, world
+        self.start_batch, self.end_batch = start_batch, end_batch
+        self._epoch: int | None = None
+        self._perm: np.ndarray | None = None
+
+    def _item(self, position: int) -> SampleKey:
+        epoch, offset = divmod(position, self.n_items)
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng(_mix(self.seed, epoch)).permutation(self.n_items)
+            self._epoch = epoch
+        return SampleKey(int(self._perm[offset]), _mix(self.seed, position))
+
+    def batch(self, k: int) -> list[SampleKey]:
+        first = (k * self.world + self.rank) * self.batch_size
+        return [self._item(p) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for k in range(self.start_batch, self.end_batch):
+            yield self.batch(k)
+
+    def __len__(self) -> int:
+        return max(self.end_batch - self.start_batch, 0)
+
+
+@dataclass
+class ScanReport:
+    files: int = 0
+    readable: int = 0
+    seconds: float = 0.0
+    shorter_than_crop: int = 0
+    silent: int = 0
+    sample_rates: dict[int, int] | None = None
+    problems: list[str] | None = None
+
+
+def scan_dataset(source: str | os.PathLike, *, train_len: float, progress: bool = True) -> ScanReport:
+    """Read every file once: what a run will skip, pad or resample."""
+    from tqdm import tqdm
+
+    files = list_audio(source)
+    report = ScanReport(files=len(files), sample_rates={}, problems=[])
+    for path in tqdm(files, desc="scanning", disable=not progress):
+        try:
+            info = soundfile.info(str(path))
+            data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+            report.problems.append(f"{path}: unreadable ({err})")
+            continue
+        if data.size == 0:
+            report.problems.append(f"{path}: no samples")
+            continue
+        if not np.isfinite(data).all():
+            report.problems.append(f"{path}: NaN or Inf samples")
+            continue
+        report.readable += 1
+        seconds = data.shape[0] / info.samplerate
+        report.seconds += seconds
+        report.sample_rates[info.samplerate] = report.sample_rates.get(info.samplerate, 0) + 1
+        report.shorter_than_crop += seconds < train_len
+        report.silent += float(np.abs(data).max()) == 0.0
+    return report

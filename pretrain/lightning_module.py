@@ -1,0 +1,133 @@
+"""ATST-Clip pretraining as a Lightning 2.x module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from pretrain import schedules
+from pretrain.augment import LogMixupExp, RandomResizeCrop
+from pretrain.checkpoint import FORMAT_NAME, FORMAT_VERSION
+from pretrain.config import PretrainConfig
+from pretrain.encoder import ATSTEncoder
+from pretrain.frontend import LogMelFrontEnd
+from pretrain.teacher_student import TeacherStudent
+
+REFERENCE_BATCH = 256  # the learning rate is given for this total batch size
+
+
+class ATSTPretraining(pl.LightningModule):
+    """Teacher-student pretraining; the front end and both augmentations run on the device.
+
+    ``hyper_parameters`` hold the run's configuration in plain types plus the encoder's shape
+    and this project's format tag, so ``pretrain.load_encoder`` (and atst_hear, atst_upstream)
+    read the Lightning checkpoints directly.
+    """
+
+    def __init__(self, config: dict[str, Any], world_size: int = 1) -> None:
+        super().__init__()
+        self.config = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        torch.manual_seed(self.config.seed)
+        encoder = ATSTEncoder.from_arch(self.config.arch)
+        self.save_hyperparameters(
+            {
+                **self.config.to_dict(),
+                "world_size": world_size,
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "embed_dim": encoder.embed_dim,
+                "depth": encoder.depth,
+                "num_heads": encoder.num_heads,
+            }
+        )
+        self.model = TeacherStudent(encoder)
+        self.frontend = LogMelFrontEnd()
+        c = self.config
+        self.mixups = torch.nn.ModuleList(LogMixupExp(ratio=c.mixup_ratio, memory=c.mixup_memory) for _ in range(2))
+        self.crop = RandomResizeCrop(
+            virtual_crop_scale=c.virtual_crop_scale, freq_scale=c.freq_scale, time_scale=c.time_scale
+        )
+        total_batch = c.batch_size * world_size * c.accumulate_grad_batches
+        self.peak_lr = c.base_lr * total_batch / REFERENCE_BATCH
+        self.skipped_files = 0
+        self._ema_step = -1
+
+    # schedules at an optimizer step
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return schedules.learning_rate(
+            step, peak=self.peak_lr, final=c.final_lr, total_steps=c.max_steps, warmup_steps=c.warmup_steps
+        )
+
+    def wd_at(self, step: int) -> float:
+        c = self.config
+        return schedules.weight_decay(step, total_steps=c.max_steps, start=c.weight_decay_start, end=c.weight_decay_end)
+
+    def ema_at(self, step: int) -> float:
+        return schedules.ema_momentum(step, base=self.config.ema, total_steps=self.config.max_steps)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.student.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.wd_at(0)}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.lr_at(0))
+
+    def views(self, wavs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 2, n)`` crops -> two augmented ``(B, 64, T)`` views."""
+        generator = torch.Generator(device=wavs.device)
+        generator.manual_seed(self.config.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
+        with torch.no_grad():
+            mels = self.frontend.equal_length(wavs.flatten(0, 1).float()).unflatten(0, (wavs.shape[0], 2))
+            return tuple(self.crop(mix(mels[:, v], generator), generator) for v, mix in enumerate(self.mixups))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        step = self.global_step
+        for i, group in enumerate(self.optimizers().optimizer.param_groups):
+            group["lr"] = self.lr_at(step)
+            if i == 0:
+                group["weight_decay"] = self.wd_at(step)
+        if batch["skipped"]:
+            self.skipped_files += len(batch["skipped"])
+        self.log("data/skipped_files", float(self.skipped_files), reduce_fx="sum", sync_dist=True)
+        if self.config.log_data_order and self.global_rank == 0:
+            self._record_order(batch)
+        if batch["wavs"].numel() == 0:
+            return None
+        view_a, view_b = self.views(batch["wavs"])
+        loss, std_student, std_teacher = self.model(view_a, view_b)
+        bs = view_a.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
+        self.log("train/std_teacher", std_teacher, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/lr", self.lr_at(step), prog_bar=True, batch_size=bs)
+        self.log("train/wd", self.wd_at(step), batch_size=bs)
+        self.log("train/ema", self.ema_at(step), batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # after an optimizer step (not after every accumulated micro-batch); official: ema[global_step]
+        if self.global_step != self._ema_step:
+            self._ema_step = self.global_step
+            self.model.update_teacher(self.ema_at(self.global_step))
+
+    def _record_order(self, batch: dict) -> None:
+        path = Path(self.config.run_dir) / "data_order.jsonl"
+        with open(path, "a") as f:
+            f.write(
+                json.dumps({"step": self.global_step, "files": batch.get("names", []), "skipped": batch["skipped"]})
+                + "\n"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_files"] = self.skipped_files
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_files = int(checkpoint.get("skipped_files", 0))
+        self._ema_step = int(checkpoint.get("global_step", -1))

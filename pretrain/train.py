@@ -1,0 +1,144 @@
+"""Running a pretraining job: data, Lightning trainer, checkpoints, resume, export."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from pretrain.checkpoint import SAFETENSORS_FORMAT, read_checkpoint, split_checkpoint
+from pretrain.config import PretrainConfig
+from pretrain.data import StepSampler, TwoCropDataset, collate_crops, list_audio
+from pretrain.lightning_module import ATSTPretraining
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+TEACHER_EXPORT = "atst_teacher.safetensors"
+
+
+class CropData(pl.LightningDataModule):
+    """Endless seeded sample order that resumes at the trainer's restored step."""
+
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dataset = TwoCropDataset(list_audio(config.data), config.train_len)
+
+    def train_dataloader(self) -> DataLoader:
+        c, trainer = self.config, self.trainer
+        start = trainer.global_step * c.accumulate_grad_batches
+        sampler = StepSampler(
+            len(self.dataset),
+            c.batch_size,
+            seed=c.seed,
+            rank=trainer.global_rank,
+            world=trainer.world_size,
+            start_batch=start,
+            end_batch=c.max_steps * c.accumulate_grad_batches,
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_crops,
+            num_workers=c.num_workers,
+            persistent_workers=c.num_workers > 0,
+        )
+
+
+def _devices(text: str) -> int | str | list[int]:
+    if text == "auto":
+        return "auto"
+    if "," in text:
+        return [int(d) for d in text.split(",") if d]
+    return int(text)
+
+
+def resume_path(config: PretrainConfig) -> str | None:
+    if config.resume == "never":
+        return None
+    if config.resume == "auto":
+        last = Path(config.run_dir) / CHECKPOINT_DIR / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(config.resume).is_file():
+        raise FileNotFoundError(f"checkpoint to resume from not found: {config.resume}")
+    return config.resume
+
+
+def build_trainer(config: PretrainConfig) -> pl.Trainer:
+    run_dir = Path(config.run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="step{step:07.0f}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=config.checkpoint_every,
+        save_last=True,
+        monitor="step",
+        mode="max",
+        save_top_k=config.keep_checkpoints,
+    )
+    loggers = [TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")]
+    devices = _devices(config.devices)
+    multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
+    # SyncBatchNorm needs CUDA; CPU processes (gloo) keep per-process batch statistics
+    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_steps=config.max_steps,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        sync_batchnorm=multi and on_gpu,
+        use_distributed_sampler=False,
+        callbacks=[checkpoints],
+        logger=loggers,
+        log_every_n_steps=config.log_every,
+        default_root_dir=run_dir,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_model_summary=True,
+    )
+
+
+def train(config: PretrainConfig) -> Path:
+    """Run (or resume) a pretraining job; returns the final checkpoint."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(config.seed, workers=True)
+    data = CropData(config)
+    trainer = build_trainer(config)
+    module = ATSTPretraining(config.to_dict(), world_size=trainer.world_size)
+    ckpt = resume_path(config)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    final = run_dir / CHECKPOINT_DIR / "final.ckpt"
+    trainer.save_checkpoint(final)
+    if trainer.is_global_zero:
+        export_teacher(final, run_dir / TEACHER_EXPORT)
+        log.info("skipped %d unreadable files; final checkpoint %s", module.skipped_files, final)
+    return final
+
+
+def export_teacher(checkpoint: str | Path, out: str | Path) -> Path:
+    """The teacher encoder of any checkpoint alone, as safetensors with its shape in the metadata."""
+    from safetensors.torch import save_file
+
+    weights, spec = split_checkpoint(read_checkpoint(checkpoint), str(checkpoint))
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "embed_dim": str(spec.embed_dim),
+        "depth": str(spec.depth),
+        "num_heads": str(spec.num_heads),
+        "train_len": str(spec.train_len),
+        "arch": spec.arch or "",
+    }
+    out = Path(out)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out), metadata=metadata)
+    return out

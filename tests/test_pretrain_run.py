@@ -1,0 +1,233 @@
+"""Real Lightning pretraining runs through the command line, on generated audio (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import atst_hear
+from pretrain import load_encoder, read_checkpoint
+from pretrain.encoder import ATSTEncoder
+from pretrain.schedules import learning_rate, weight_decay
+from pretrain.synthetic import make_corpus
+
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root, n_clips=24, seed=0)
+    (root / "zz_corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
+    return root
+
+
+def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pretrain",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(run_dir),
+        "--num-workers",
+        "0",
+        *extra,
+    ]
+
+
+def run_training(corpus: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(corpus, run_dir, *extra), capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def metrics(run_dir: Path) -> dict[str, dict[int, float]]:
+    from pretrain.plot import read_metrics
+
+    return read_metrics(run_dir)
+
+
+@pytest.fixture(scope="module")
+def short_run(corpus, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "short"
+    run_training(
+        corpus,
+        run_dir,
+        "--max-steps",
+        "40",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "5",
+        "--checkpoint-every",
+        "20",
+        "--log-every",
+        "2",
+    )
+    return run_dir
+
+
+def test_run_writes_checkpoints_logs_and_export(short_run):
+    ckpts = short_run / "checkpoints"
+    assert {"last.ckpt", "final.ckpt", "step0000020.ckpt", "step0000040.ckpt"} <= {p.name for p in ckpts.iterdir()}
+    assert list((short_run / "tensorboard").rglob("events.out.tfevents.*"))
+    final = read_checkpoint(ckpts / "final.ckpt")  # Lightning 2 checkpoint through the safe loader
+    assert final["global_step"] == 40
+    assert final["hyper_parameters"]["format"] == "atst-pretrain"
+    encoder, spec = load_encoder(short_run / "atst_teacher.safetensors")
+    assert (spec.embed_dim, spec.depth, spec.train_len) == (192, 4, 2.0)
+    weights = final["state_dict"]
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, weights["model.teacher.encoder." + key])
+
+
+def test_corrupt_file_is_skipped_and_counted(short_run):
+    final = read_checkpoint(short_run / "checkpoints" / "final.ckpt")
+    assert final["skipped_files"] >= 1  # 1 corrupt file in 25; 40 steps x 8 samples see it 12 times
+    logged = metrics(short_run)["data/skipped_files"]
+    assert logged[max(logged)] == final["skipped_files"]
+
+
+def test_schedules_at_chosen_steps(short_run):
+    series = metrics(short_run)
+    peak = 4e-3 * 8 / 256
+    for step in (1, 3, 5, 11, 25, 39):  # logged every 2nd step
+        assert series["train/lr"][step] == pytest.approx(
+            learning_rate(step, peak=peak, total_steps=40, warmup_steps=5), rel=1e-5
+        )
+        assert series["train/wd"][step] == pytest.approx(weight_decay(step, total_steps=40), rel=1e-5)
+    assert series["train/ema"][39] > series["train/ema"][1] >= 0.99
+
+
+def test_teacher_follows_student_by_ema(short_run):
+    weights = read_checkpoint(short_run / "checkpoints" / "final.ckpt")["state_dict"]
+    torch.manual_seed(0)  # the run's seed: the encoder both branches started from
+    initial = ATSTEncoder.from_arch("tiny").state_dict()
+    key = "blocks.2.mlp.fc1.weight"
+    teacher, student = weights["model.teacher.encoder." + key], weights["model.student.encoder." + key]
+    assert not torch.equal(teacher, initial[key])  # the teacher moved
+    assert not torch.equal(teacher, student)  # ... by averaging, not copying
+    assert (teacher - student).norm() < (initial[key] - student).norm()  # ... towards the student
+
+
+def test_loss_falls_and_outputs_do_not_collapse(short_run):
+    series = metrics(short_run)
+    loss = [series["train/loss"][s] for s in sorted(series["train/loss"])]
+    assert all(math.isfinite(v) for v in loss)
+    assert sum(loss[-4:]) / 4 < 0.8 * sum(loss[:4]) / 4
+    assert min(series["train/std_teacher"].values()) > 0.01
+
+
+def test_checkpoint_works_in_hear_and_plot(short_run):
+    model = atst_hear.load_model(str(short_run / "checkpoints" / "final.ckpt"))
+    emb = atst_hear.get_scene_embeddings(0.1 * torch.randn(2, 32000), model)
+    assert emb.shape == (2, 2 * 4 * 192) and torch.isfinite(emb).all()
+    out = subprocess.run([sys.executable, "-m", "pretrain", "plot", str(short_run)], capture_output=True, text=True)
+    assert out.returncode == 0 and (short_run / "curves.png").stat().st_size > 10_000
+
+
+def _order(run_dir: Path) -> dict[int, list[str]]:
+    """Files of each step; a resumed run repeats steps after its checkpoint: the last record wins."""
+    order = {}
+    for line in (run_dir / "data_order.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        order[record["step"]] = record["files"] + record["skipped"]
+    return order
+
+
+def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
+    flags = [
+        "--max-steps",
+        "12",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "3",
+        "--checkpoint-every",
+        "4",
+        "--log-every",
+        "1",
+        "--log-data-order",
+        "true",
+    ]
+    run_training(corpus, tmp_path / "straight", *flags)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        train_command(corpus, interrupted, *flags), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
+    step8 = interrupted / "checkpoints" / "step0000008.ckpt"
+    deadline = time.time() + 300
+    while not step8.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the checkpoint writes finish
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert step8.exists() and not (interrupted / "checkpoints" / "final.ckpt").exists()
+    before = read_checkpoint(interrupted / "checkpoints" / "last.ckpt")["global_step"]
+    assert 8 <= before < 12
+
+    result = run_training(corpus, interrupted, *flags)  # --resume auto: continues from last.ckpt
+    assert "resuming from" in result.stderr
+    finals = [read_checkpoint(d / "checkpoints" / "final.ckpt") for d in (tmp_path / "straight", interrupted)]
+    assert finals[0]["global_step"] == finals[1]["global_step"] == 12
+    assert _order(tmp_path / "straight") == _order(interrupted)
+    straight, resumed = metrics(tmp_path / "straight"), metrics(interrupted)
+    for step in range(12):
+        assert resumed["train/lr"][step] == straight["train/lr"][step]
+        assert resumed["train/ema"][step] == straight["train/ema"][step]
+
+
+def test_two_process_ddp_on_cpu(corpus, tmp_path):
+    run_dir = tmp_path / "ddp"
+    run_training(
+        corpus,
+        run_dir,
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--log-every",
+        "1",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+    )
+    final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
+    assert final["global_step"] == 6 and final["hyper_parameters"]["world_size"] == 2
+    lr = metrics(run_dir)["train/lr"]
+    assert lr[1] == pytest.approx(learning_rate(1, peak=4e-3 * 4 * 2 / 256, total_steps=6, warmup_steps=2), rel=1e-5)
+    model = atst_hear.load_model(str(run_dir / "checkpoints" / "final.ckpt"))
+    assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, 1536)
+
+
+def test_check_command_reports_the_corrupt_file(corpus):
+    out = subprocess.run(
+        [sys.executable, "-m", "pretrain", "check", str(corpus), "--train-len", "2"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert "25 files, 24 readable" in out.stdout and "zz_corrupt.wav" in out.stdout
+
+
+def test_training_without_data_is_a_clear_error(tmp_path):
+    out = subprocess.run(train_command(tmp_path / "missing", tmp_path / "run"), capture_output=True, text=True)
+    assert out.returncode == 2 and "dataset not found" in out.stderr
