@@ -4,6 +4,7 @@ and corrupt files skipped and counted instead of stopping the run."""
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import math
@@ -49,26 +50,35 @@ def list_audio(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_span(path: Path, start: int, n_samples: int) -> Tensor:
-    """``n_samples`` at 16 kHz from ``start`` (16 kHz samples), mono; zero-padded past the end."""
+@functools.lru_cache(maxsize=16)
+def _resampler(rate: int) -> torchaudio.transforms.Resample:
+    """Resampling kernels are costly to build: one per source rate, reused."""
+    return torchaudio.transforms.Resample(rate, SAMPLE_RATE)
+
+
+def read_spans(path: Path, starts: list[int], n_samples: int) -> list[Tensor]:
+    """``n_samples`` at 16 kHz from each start (16 kHz samples), mono; zero-padded past the end."""
+    spans = []
     try:
         with soundfile.SoundFile(str(path)) as f:
             rate, frames = f.samplerate, f.frames
-            native_start = int(start * rate / SAMPLE_RATE)
-            native_n = math.ceil(n_samples * rate / SAMPLE_RATE)
-            f.seek(min(native_start, max(frames - 1, 0)))
-            data = f.read(native_n, dtype="float32", always_2d=True)
+            for start in starts:
+                f.seek(min(int(start * rate / SAMPLE_RATE), max(frames - 1, 0)))
+                spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise AudioFileError(f"cannot decode {path}: {err}") from None
-    if data.size == 0 and start == 0:
-        raise AudioFileError(f"audio file has no samples: {path}")
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-    if not bool(torch.isfinite(wav).all()):
-        raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")
-    if rate != SAMPLE_RATE and wav.numel():
-        wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
-    wav = wav[:n_samples]
-    return torch.nn.functional.pad(wav, (0, n_samples - wav.numel()))
+    out = []
+    for data in spans:
+        if data.size == 0:
+            raise AudioFileError(f"audio file has no samples: {path}")
+        wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+        if not bool(torch.isfinite(wav).all()):
+            raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")
+        if rate != SAMPLE_RATE:
+            wav = _resampler(rate)(wav)
+        wav = wav[:n_samples]
+        out.append(torch.nn.functional.pad(wav, (0, n_samples - wav.numel())))
+    return out
 
 
 def duration_samples(path: Path) -> int:
@@ -105,11 +115,12 @@ class TwoCropDataset(Dataset):
         try:
             total = duration_samples(path)
             rng = np.random.default_rng(key.seed)
-            crops = []
-            for _ in range(2):
-                start = int(rng.integers(0, total - self.n_samples + 1)) if total > self.n_samples else 0
-                crops.append(read_span(path, start, self.n_samples))
-            return torch.stack(crops), str(path)
+            starts = [int(rng.integers(0, total - self.n_samples + 1)) if total > self.n_samples else 0 for _ in "ab"]
+            if total > 2 * self.n_samples:  # long file: decode only the two spans
+                return torch.stack(read_spans(path, starts, self.n_samples)), str(path)
+            wav = read_spans(path, [0], total)[0]  # short file: decode (and resample) it once
+            wav = torch.nn.functional.pad(wav, (0, max(self.n_samples - total, 0)))
+            return torch.stack([wav[s : s + self.n_samples] for s in starts]), str(path)
         except AudioFileError as err:
             log.warning("skipping unreadable audio: %s", err)
             return None, str(path)

@@ -7,6 +7,9 @@ Written from the facts in DESIGN.md; it reuses only the parameters of an ATSTEnc
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 import torchaudio
 
@@ -105,3 +108,35 @@ def layer_features_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_tokens):
         outs = intermediate_layers(enc, chunk, cur_len, n)
         pieces.append(torch.stack(outs)[:, :, 1:])
     return torch.cat(pieces, dim=2)
+
+
+class OfficialMixup:
+    """Per-sample log-mixup-exp with a list memory bank, as the official (BYOL-A) transform."""
+
+    def __init__(self, ratio=0.4, n_memory=2000):
+        self.ratio, self.n, self.memory_bank = ratio, n_memory, []
+
+    def __call__(self, x):
+        alpha = self.ratio * np.random.random()
+        if self.memory_bank:
+            z = self.memory_bank[np.random.randint(len(self.memory_bank))]
+            mixed = torch.log((1 - alpha) * x.exp() + alpha * z.exp() + torch.finfo(x.dtype).eps)
+        else:
+            mixed = x
+        self.memory_bank = (self.memory_bank + [x])[-self.n :]
+        return mixed
+
+
+def official_random_resize_crop(lms, virtual_crop_scale=(1.0, 1.5), freq_scale=(0.6, 1.5), time_scale=(0.6, 1.5)):
+    """Per-sample Random Resize Crop on a (1, F, T) spectrogram, as the official transform."""
+    canvas_h, canvas_w = (int(s * c) for s, c in zip(lms.shape[-2:], virtual_crop_scale, strict=True))
+    canvas = torch.zeros(lms.shape[0], canvas_h, canvas_w)
+    _, h, w = lms.shape
+    x, y = (canvas_w - w) // 2, (canvas_h - h) // 2
+    canvas[:, y : y + h, x : x + w] = lms
+    ch = int(np.clip(int(np.random.uniform(*freq_scale) * h), 1, canvas_h))
+    cw = int(np.clip(int(np.random.uniform(*time_scale) * w), 1, canvas_w))
+    i = random.randint(0, canvas_h - ch) if canvas_h > ch else 0
+    j = random.randint(0, canvas_w - cw) if canvas_w > cw else 0
+    crop = canvas[:, i : i + ch, j : j + cw]
+    return torch.nn.functional.interpolate(crop[None], size=(h, w), mode="bicubic", align_corners=True)[0]

@@ -174,11 +174,14 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
     deadline = time.time() + 300
     while not step8.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # let the checkpoint writes finish
+    last = interrupted / "checkpoints" / "last.ckpt"
+    while process.poll() is None and time.time() < deadline and last.stat().st_mtime < step8.stat().st_mtime:
+        time.sleep(0.05)  # last.ckpt is rewritten right after the step checkpoint
+    time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert step8.exists() and not (interrupted / "checkpoints" / "final.ckpt").exists()
-    before = read_checkpoint(interrupted / "checkpoints" / "last.ckpt")["global_step"]
+    before = read_checkpoint(last)["global_step"]
     assert 8 <= before < 12
 
     result = run_training(corpus, interrupted, *flags)  # --resume auto: continues from last.ckpt
