@@ -4,7 +4,6 @@ and corrupt files skipped and counted instead of stopping the run."""
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import logging
 import math
@@ -16,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.audio_io import AUDIO_SUFFIXES, AudioFileError
+from pretrain.audio_io import AUDIO_SUFFIXES, DECODE_ERRORS, AudioFileError, to_mono_16k
 from pretrain.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -50,12 +48,6 @@ def list_audio(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-@functools.lru_cache(maxsize=16)
-def _resampler(rate: int) -> torchaudio.transforms.Resample:
-    """Resampling kernels are costly to build: one per source rate, reused."""
-    return torchaudio.transforms.Resample(rate, SAMPLE_RATE)
-
-
 def read_spans(path: Path, starts: list[int], n_samples: int) -> list[Tensor]:
     """``n_samples`` at 16 kHz from each start (16 kHz samples), mono; zero-padded past the end."""
     spans = []
@@ -65,18 +57,11 @@ def read_spans(path: Path, starts: list[int], n_samples: int) -> list[Tensor]:
             for start in starts:
                 f.seek(min(int(start * rate / SAMPLE_RATE), max(frames - 1, 0)))
                 spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+    except DECODE_ERRORS as err:
         raise AudioFileError(f"cannot decode {path}: {err}") from None
     out = []
     for data in spans:
-        if data.size == 0:
-            raise AudioFileError(f"audio file has no samples: {path}")
-        wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-        if not bool(torch.isfinite(wav).all()):
-            raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")
-        if rate != SAMPLE_RATE:
-            wav = _resampler(rate)(wav)
-        wav = wav[:n_samples]
+        wav = to_mono_16k(data, rate, path)[:n_samples]
         out.append(torch.nn.functional.pad(wav, (0, n_samples - wav.numel())))
     return out
 
@@ -84,7 +69,7 @@ def read_spans(path: Path, starts: list[int], n_samples: int) -> list[Tensor]:
 def duration_samples(path: Path) -> int:
     try:
         info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+    except DECODE_ERRORS as err:
         raise AudioFileError(f"cannot decode {path}: {err}") from None
     if info.frames <= 0:
         raise AudioFileError(f"audio file has no samples: {path}")
@@ -204,7 +189,7 @@ def scan_dataset(source: str | os.PathLike, *, train_len: float, progress: bool 
         try:
             info = soundfile.info(str(path))
             data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+        except DECODE_ERRORS as err:
             report.problems.append(f"{path}: unreadable ({err})")
             continue
         if data.size == 0:

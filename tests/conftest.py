@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pretrain import write_random_checkpoint
 
@@ -52,6 +53,20 @@ def dino_base_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", "tiny", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_ckpt):
+    """The HEAR model of the tiny checkpoint."""
+    import atst_hear
+
+    return atst_hear.load_model(str(tiny_ckpt))
+
+
+def noise(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    """``(n, samples)`` seeded white noise at 16 kHz."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(n, int(seconds * 16000), generator=g)
 
 
 def rel_err(ours, ref) -> float:

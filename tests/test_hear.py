@@ -10,20 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from conftest import noise, rel_err
 
 import atst_hear
 from pretrain import AudioInputError, CheckpointError
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_ckpt):
-    return atst_hear.load_model(str(tiny_ckpt))
-
-
-def noise(n, seconds, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(n, int(seconds * 16000), generator=g)
 
 
 def test_attributes(tiny_model):

@@ -7,18 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import noise
 
 import atst_hear
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_ckpt):
-    return atst_hear.load_model(str(tiny_ckpt))
-
-
-def noise(n, seconds, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(n, int(seconds * 16000), generator=g)
 
 
 @pytest.mark.parametrize("seconds", [0.05, 1.0, 9.99, 10.01, 60.0])

@@ -19,12 +19,12 @@ STEPS = 24
 RUNNER = ["-o"]
 
 
-def _runner_settings(task: str, data: dict[str, Path]) -> str:
+def _runner_settings(task: str, data: dict[str, Path], steps: int = STEPS) -> str:
     datarc = "config.downstream_expert.datarc"
     common = [
-        f"config.runner.total_steps={STEPS}",
-        f"config.runner.eval_step={STEPS}",
-        f"config.runner.save_step={STEPS}",
+        f"config.runner.total_steps={steps}",
+        f"config.runner.eval_step={steps}",
+        f"config.runner.save_step={steps}",
         "config.runner.log_step=8",
         "config.runner.gradient_accumulate_steps=1",
         f"{datarc}.num_workers=0",
@@ -42,6 +42,11 @@ def _runner_settings(task: str, data: dict[str, Path]) -> str:
             f"{datarc}.train_batch_size=4",
         ]
     return ",,".join(common + specific)
+
+
+def train_args(ckpt: Path, task: str, name: str, settings: str, *extra: str) -> list[str]:
+    """``-m train`` through the launcher with the atst upstream on a generated dataset."""
+    return ["-m", "train", "-u", "atst", "-k", str(ckpt), "-d", task, "-n", name, *extra, "-o", settings]
 
 
 def run_launcher(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -71,20 +76,7 @@ def _data_for(task: str, ks_data, tmp_path: Path) -> dict[str, Path]:
 def test_train_then_evaluate(task, finetune, tiny_ckpt, ks_data, tmp_path):
     data = _data_for(task, ks_data, tmp_path)
     name = f"{task}_{'ft' if finetune else 'frozen'}"
-    args = [
-        "-m",
-        "train",
-        "-u",
-        "atst",
-        "-k",
-        str(tiny_ckpt),
-        "-d",
-        task,
-        "-n",
-        name,
-        "-o",
-        _runner_settings(task, data),
-    ]
+    args = train_args(tiny_ckpt, task, name, _runner_settings(task, data))
     run_launcher(args + (["-f"] if finetune else []), tmp_path)
 
     expdir = tmp_path / "result" / "downstream" / name
@@ -113,23 +105,7 @@ def test_train_then_evaluate(task, finetune, tiny_ckpt, ks_data, tmp_path):
 
 def test_scene_classes_are_learned_above_chance(tiny_ckpt, ks_data, tmp_path):
     """Frozen tiny encoder + s3prl's linear head separate the four synthetic keywords."""
-    args = [
-        "-m",
-        "train",
-        "-u",
-        "atst",
-        "-k",
-        str(tiny_ckpt),
-        "-d",
-        "speech_commands",
-        "-n",
-        "ks_acc",
-        "-o",
-        _runner_settings("speech_commands", ks_data)
-        .replace(f"total_steps={STEPS}", "total_steps=60")
-        .replace(f"eval_step={STEPS}", "eval_step=60")
-        .replace(f"save_step={STEPS}", "save_step=60"),
-    ]
+    args = train_args(tiny_ckpt, "speech_commands", "ks_acc", _runner_settings("speech_commands", ks_data, steps=60))
     run_launcher(args, tmp_path)
     log = (tmp_path / "result" / "downstream" / "ks_acc" / "log.log").read_text()
     test_acc = float(re.findall(r"test at step 60: ([0-9.]+)", log)[-1])
@@ -137,24 +113,8 @@ def test_scene_classes_are_learned_above_chance(tiny_ckpt, ks_data, tmp_path):
 
 
 def test_layer_selection_flags(tiny_ckpt, ks_data, tmp_path):
-    args = [
-        "-m",
-        "train",
-        "-u",
-        "atst",
-        "-k",
-        str(tiny_ckpt),
-        "-d",
-        "speech_commands",
-        "-n",
-        "ks_layer",
-        "-s",
-        "hidden_states",
-        "-l",
-        "2",
-        "-o",
-        _runner_settings("speech_commands", ks_data),
-    ]
+    settings = _runner_settings("speech_commands", ks_data)
+    args = train_args(tiny_ckpt, "speech_commands", "ks_layer", settings, "-s", "hidden_states", "-l", "2")
     run_launcher(args, tmp_path)
     expdir = tmp_path / "result" / "downstream" / "ks_layer"
     assert "upstream_layer_selection: 2" in next(expdir.glob("args_*.yaml")).read_text()
@@ -178,27 +138,10 @@ def test_classic_install_into_an_s3prl_copy(tiny_ckpt, ks_data, tmp_path):
         hub.write("\nfrom s3prl.upstream.atst.hubconf import *\n")
     config = Path(atst_upstream.__file__).parent / "configs" / "speech_commands" / "config.yaml"
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), CUDA_VISIBLE_DEVICES="")
+    settings = _runner_settings("speech_commands", ks_data)
+    args = train_args(tiny_ckpt, "speech_commands", "classic", settings, "-c", str(config), "--device", "cpu")
     result = subprocess.run(
-        [
-            sys.executable,
-            "run_downstream.py",
-            "-m",
-            "train",
-            "-u",
-            "atst",
-            "-k",
-            str(tiny_ckpt),
-            "-d",
-            "speech_commands",
-            "-n",
-            "classic",
-            "-c",
-            str(config),
-            "--device",
-            "cpu",
-            "-o",
-            _runner_settings("speech_commands", ks_data),
-        ],
+        [sys.executable, "run_downstream.py", *args],
         cwd=s3prl_copy,
         capture_output=True,
         text=True,
