@@ -8,7 +8,8 @@
 Model options (``load_model(path, **options)``, or hear-eval-kit ``--model-options JSON``):
 ``n_blocks`` (default: all blocks), ``chunk_seconds`` (default: the checkpoint's
 ``train_len``), ``center_crop_seconds`` (scene embeddings only; the official linear
-evaluation used 12, default: no crop) and ``chunks_per_pass`` (memory bound).
+evaluation used 12, default: no crop), ``chunks_per_pass`` (memory bound) and ``precision``
+("float32"; "bfloat16" / "float16" run the encoder under autocast, e.g. on a GPU).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def load_model(
     chunk_seconds: float | None = None,
     center_crop_seconds: float | None = None,
     chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+    precision: str = "float32",
 ) -> HearATST:
     """Load an ATST checkpoint (official ``small.ckpt``/``base.ckpt`` or one from ``pretrain``).
 
@@ -66,7 +68,9 @@ def load_model(
             f"or set {CHECKPOINT_ENV}. Use an official ATST-Clip small.ckpt/base.ckpt, or make one "
             "with `python -m pretrain` (or pretrain.write_random_checkpoint for a smoke test)."
         )
-    extractor = ATSTFeatureExtractor.from_checkpoint(path, chunk_seconds=chunk_seconds, chunks_per_pass=chunks_per_pass)
+    extractor = ATSTFeatureExtractor.from_checkpoint(
+        path, chunk_seconds=chunk_seconds, chunks_per_pass=chunks_per_pass, precision=precision
+    )
     n_blocks = extractor.encoder.depth if n_blocks is None else n_blocks
     return HearATST(extractor, n_blocks=n_blocks, center_crop_seconds=center_crop_seconds).eval()
 

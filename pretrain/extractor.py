@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from pretrain.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 TOKEN_HOP_MS = 1000 * PATCH_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 40.0
 MIN_CHUNK_SECONDS = 0.5
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def center_crop(wav: Tensor, n_samples: int) -> Tensor:
@@ -35,6 +37,8 @@ class ATSTFeatureExtractor(nn.Module):
         train_len: crop length (s) the encoder was trained on; sets the default chunk length.
         chunk_seconds: chunk length for long clips (default ``train_len``).
         chunks_per_pass: chunks per forward pass (bounds memory on long audio).
+        precision: "float32" (default, exact), or "bfloat16" / "float16" to run the encoder under
+            autocast (front end and outputs stay float32; about 1e-2 relative to float32).
     """
 
     sample_rate = SAMPLE_RATE
@@ -46,8 +50,12 @@ class ATSTFeatureExtractor(nn.Module):
         train_len: float = DEFAULT_TRAIN_LEN,
         chunk_seconds: float | None = None,
         chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.frontend = LogMelFrontEnd()
         self.encoder = encoder
         self.train_len = float(train_len)
@@ -81,6 +89,10 @@ class ATSTFeatureExtractor(nn.Module):
             raise ValueError(f"n_blocks must be an int in 1..{self.encoder.depth}, got {n_blocks!r}")
         return n_blocks
 
+    def _encoder_precision(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
     def mels(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Checked clips -> padded mels ``(B, 64, T)`` and frames per clip, on the model's device."""
         clips = check_clips(wavs)
@@ -89,23 +101,27 @@ class ATSTFeatureExtractor(nn.Module):
     def scene_embeddings(self, wavs: Sequence[Tensor], *, n_blocks: int) -> Tensor:
         """Official linear-evaluation features of each clip: ``(B, 2 * n_blocks * D)``."""
         mels, lengths = self.mels(wavs)
-        return scene_embedding(
-            self.encoder,
-            mels,
-            lengths,
-            n_blocks=self.check_n_blocks(n_blocks),
-            chunk_frames=self.scene_chunk_frames,
-            chunks_per_pass=self.chunks_per_pass,
-        )
+        with self._encoder_precision():
+            emb = scene_embedding(
+                self.encoder,
+                mels,
+                lengths,
+                n_blocks=self.check_n_blocks(n_blocks),
+                chunk_frames=self.scene_chunk_frames,
+                chunks_per_pass=self.chunks_per_pass,
+            )
+        return emb.float()
 
     def layer_features(self, wavs: Sequence[Tensor], *, n_blocks: int) -> tuple[Tensor, Tensor]:
         """Per-token features ``(n_blocks, B, T_max, D)`` (40 ms hop) and tokens per clip."""
         mels, lengths = self.mels(wavs)
-        return layer_features(
-            self.encoder,
-            mels,
-            lengths,
-            n_blocks=self.check_n_blocks(n_blocks),
-            chunk_tokens=self.chunk_tokens,
-            chunks_per_pass=self.chunks_per_pass,
-        )
+        with self._encoder_precision():
+            layers, n_tokens = layer_features(
+                self.encoder,
+                mels,
+                lengths,
+                n_blocks=self.check_n_blocks(n_blocks),
+                chunk_tokens=self.chunk_tokens,
+                chunks_per_pass=self.chunks_per_pass,
+            )
+        return layers.float(), n_tokens

@@ -84,6 +84,18 @@ def test_center_crop_option(tiny_ckpt):
     )
 
 
+def test_bfloat16_autocast_option_stays_within_1e2(lightning_small_ckpt, parity_fixture):
+    """Autocast (here on the CPU; the same option serves GPUs) against the official float32 features."""
+    model = atst_hear.load_model(str(lightning_small_ckpt), precision="bfloat16")
+    audio = torch.from_numpy(parity_fixture["audio_8s"])
+    emb = atst_hear.get_scene_embeddings(audio, model)
+    assert emb.dtype == torch.float32
+    assert 0 < rel_err(emb.numpy(), parity_fixture["scene12_8s"]) < 1e-2
+    tokens, _ = atst_hear.get_timestamp_embeddings(torch.from_numpy(parity_fixture["audio_3.3s"]), model)
+    expected = np.transpose(parity_fixture["layers_3.3s"][:, :, 1:], (1, 2, 0, 3)).reshape(2, 82, -1)
+    assert tokens.dtype == torch.float32 and rel_err(tokens.numpy(), expected) < 1e-2
+
+
 @pytest.mark.parametrize(
     "options,match",
     [
@@ -94,6 +106,7 @@ def test_center_crop_option(tiny_ckpt):
         ({"chunk_seconds": 11}, "chunk_seconds"),
         ({"center_crop_seconds": -1}, "center_crop_seconds"),
         ({"chunks_per_pass": 0}, "chunks_per_pass"),
+        ({"precision": "int8"}, "precision"),
     ],
 )
 def test_bad_options(tiny_ckpt, options, match):
