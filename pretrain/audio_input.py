@@ -27,14 +27,16 @@ def _check_clip(wav: Tensor, name: str) -> None:
 
 
 def check_batch(audio: Tensor) -> Tensor:
-    """Check a ``(n_sounds, n_samples)`` batch (the HEAR API) and return it as float32."""
+    """Check the form of a ``(n_sounds, n_samples)`` batch (the HEAR API) and return it as float32;
+    each clip's length and values are checked once, by ``check_clips``, on the way to the model."""
     if not isinstance(audio, Tensor):
         raise AudioInputError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
     if audio.ndim != 2:
         raise AudioInputError(f"audio must be 2-D (n_sounds, n_samples), got shape {tuple(audio.shape)}")
     if audio.shape[0] == 0:
         raise AudioInputError("audio holds no sounds (shape[0] == 0)")
-    _check_clip(audio, "audio")
+    if not audio.is_floating_point():
+        raise AudioInputError(f"audio must be floating point, got dtype {audio.dtype}")
     return audio.float()
 
 
@@ -45,9 +47,9 @@ def check_clips(wavs: Sequence[Tensor]) -> list[Tensor]:
     out = []
     for i, wav in enumerate(wavs):
         if not isinstance(wav, Tensor):
-            raise AudioInputError(f"wavs[{i}] must be a torch.Tensor, got {type(wav).__name__}")
+            raise AudioInputError(f"clip {i} must be a torch.Tensor, got {type(wav).__name__}")
         if wav.ndim != 1:
-            raise AudioInputError(f"wavs[{i}] must be 1-D, got shape {tuple(wav.shape)}")
-        _check_clip(wav, f"wavs[{i}]")
+            raise AudioInputError(f"clip {i} must be 1-D, got shape {tuple(wav.shape)}")
+        _check_clip(wav, f"clip {i}")
         out.append(wav.float())
     return out
