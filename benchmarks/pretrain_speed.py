@@ -35,33 +35,35 @@ from pretrain.synthetic import make_corpus  # noqa: E402
 
 def pipeline_rates(files: list[Path], n_samples: int, batch: int, train_len: float) -> dict[str, float]:
     """Samples per second of: the package's loader worker (decoding only; the augmentations run on
-    the training device), the package's whole chain on this CPU, and the official-style worker."""
+    the training device), the package's whole chain on this CPU, and the official-style worker.
+    The three alternate batch by batch, so slow drifts of a shared machine hit all of them."""
     dataset = TwoCropDataset(files, train_len)
     keys = [SampleKey(i % len(files), i) for i in range(n_samples)]
     module = ATSTPretraining(PretrainConfig(arch="tiny", train_len=train_len, mixup_memory=2000).to_dict())
-    rates = {}
-
-    start = time.perf_counter()
-    batches = [collate_crops([dataset[k] for k in keys[i : i + batch]])["wavs"] for i in range(0, n_samples, batch)]
-    decode = time.perf_counter() - start
-    rates["worker"] = n_samples / decode
-    start = time.perf_counter()
-    for wavs in batches:
-        module.views(wavs)
-    rates["chain"] = n_samples / (decode + time.perf_counter() - start)
-
     mixups = [OfficialMixup(), OfficialMixup()]
     n = int(train_len * 16000)
-    start = time.perf_counter()
-    for key in keys:
-        wav = load_audio(files[key.index])  # whole clip, mono, resampled
-        for view in range(2):
-            offset = random.randint(0, max(len(wav) - n, 0))
-            crop = torch.nn.functional.pad(wav[offset : offset + n], (0, max(n - len(wav), 0)))
-            mel = official_mel(crop)[None]
-            official_random_resize_crop(mixups[view](mel))
-    rates["reference"] = n_samples / (time.perf_counter() - start)
-    return rates
+    seconds = {"worker": 0.0, "augment": 0.0, "reference": 0.0}
+    for first in range(0, n_samples, batch):
+        group = keys[first : first + batch]
+        start = time.perf_counter()
+        wavs = collate_crops([dataset[k] for k in group])["wavs"]
+        seconds["worker"] += time.perf_counter() - start
+        start = time.perf_counter()
+        module.views(wavs)
+        seconds["augment"] += time.perf_counter() - start
+        start = time.perf_counter()
+        for key in group:
+            wav = load_audio(files[key.index])  # whole clip, mono, resampled
+            for view in range(2):
+                offset = random.randint(0, max(len(wav) - n, 0))
+                crop = torch.nn.functional.pad(wav[offset : offset + n], (0, max(n - len(wav), 0)))
+                official_random_resize_crop(mixups[view](official_mel(crop)[None]))
+        seconds["reference"] += time.perf_counter() - start
+    return {
+        "worker": n_samples / seconds["worker"],
+        "chain": n_samples / (seconds["worker"] + seconds["augment"]),
+        "reference": n_samples / seconds["reference"],
+    }
 
 
 def train_steps_per_second(arch: str, batch: int, train_len: float, steps: int) -> float:

@@ -48,32 +48,31 @@ def list_audio(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_spans(path: Path, starts: list[int], n_samples: int) -> list[Tensor]:
-    """``n_samples`` at 16 kHz from each start (16 kHz samples), mono; zero-padded past the end."""
-    spans = []
+def read_crops(path: Path, n_samples: int, *, n_crops: int = 2, seed: int = 0) -> Tensor:
+    """``n_crops`` random crops of ``n_samples`` at 16 kHz, mono: ``(n_crops, n_samples)``; clips
+    shorter than a crop are zero-padded. The file is opened once: a short file is decoded (and
+    resampled) whole, a long one only at the crops."""
     try:
         with soundfile.SoundFile(str(path)) as f:
             rate, frames = f.samplerate, f.frames
-            for start in starts:
-                f.seek(min(int(start * rate / SAMPLE_RATE), max(frames - 1, 0)))
-                spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
+            total = int(frames * SAMPLE_RATE / rate)
+            rng = np.random.default_rng(seed)
+            starts = [int(rng.integers(0, total - n_samples + 1)) if total > n_samples else 0 for _ in range(n_crops)]
+            if total > n_crops * n_samples:
+                spans = []
+                for start in starts:
+                    f.seek(int(start * rate / SAMPLE_RATE))
+                    spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
+            else:
+                whole = f.read(dtype="float32", always_2d=True)
     except DECODE_ERRORS as err:
         raise AudioFileError(f"cannot decode {path}: {err}") from None
-    out = []
-    for data in spans:
-        wav = to_mono_16k(data, rate, path)[:n_samples]
-        out.append(torch.nn.functional.pad(wav, (0, n_samples - wav.numel())))
-    return out
-
-
-def duration_samples(path: Path) -> int:
-    try:
-        info = soundfile.info(str(path))
-    except DECODE_ERRORS as err:
-        raise AudioFileError(f"cannot decode {path}: {err}") from None
-    if info.frames <= 0:
-        raise AudioFileError(f"audio file has no samples: {path}")
-    return int(info.frames * SAMPLE_RATE / info.samplerate)
+    if total > n_crops * n_samples:
+        crops = [to_mono_16k(data, rate, path)[:n_samples] for data in spans]
+    else:
+        wav = to_mono_16k(whole, rate, path)
+        crops = [wav[start : start + n_samples] for start in starts]
+    return torch.stack([torch.nn.functional.pad(c, (0, n_samples - c.numel())) for c in crops])
 
 
 @dataclass(frozen=True)
@@ -98,14 +97,7 @@ class TwoCropDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, str] | tuple[None, str]:
         path = self.files[key.index]
         try:
-            total = duration_samples(path)
-            rng = np.random.default_rng(key.seed)
-            starts = [int(rng.integers(0, total - self.n_samples + 1)) if total > self.n_samples else 0 for _ in "ab"]
-            if total > 2 * self.n_samples:  # long file: decode only the two spans
-                return torch.stack(read_spans(path, starts, self.n_samples)), str(path)
-            wav = read_spans(path, [0], total)[0]  # short file: decode (and resample) it once
-            wav = torch.nn.functional.pad(wav, (0, max(self.n_samples - total, 0)))
-            return torch.stack([wav[s : s + self.n_samples] for s in starts]), str(path)
+            return read_crops(path, self.n_samples, seed=key.seed), str(path)
         except AudioFileError as err:
             log.warning("skipping unreadable audio: %s", err)
             return None, str(path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from pretrain import config as run_config
 from pretrain.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
-from pretrain.data import StepSampler, TwoCropDataset, collate_crops, list_audio, read_spans, scan_dataset
+from pretrain.data import StepSampler, TwoCropDataset, collate_crops, list_audio, read_crops, scan_dataset
 from pretrain.encoder import ATSTEncoder
 from pretrain.schedules import cosine_schedule
 from pretrain.teacher_student import TeacherStudent
@@ -115,7 +115,7 @@ def test_two_crops_resample_pad_and_skip(tmp_path):
     assert torch.all(short[:, 8000:] == 0) and torch.allclose(short[:, :8000], torch.tensor(0.1), atol=1e-3)
     batch = collate_crops([ds[SampleKey(i, i)] for i in range(3)])
     assert batch["wavs"].shape == (2, 2, 32000) and batch["skipped"] == [str(files[1])]
-    assert [x.shape for x in read_spans(files[2], [0, 7950], 100)] == [(100,), (100,)]
+    assert read_crops(files[2], 100, n_crops=3, seed=5).shape == (3, 100)
 
 
 def test_manifest_and_scan(tmp_path):
