@@ -30,7 +30,7 @@ from pretrain import ATSTEncoder, ATSTFeatureExtractor  # noqa: E402
 WORKLOADS = {"8 x 10 s": (8, 10.0), "1 x 60 s": (1, 60.0)}
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))

@@ -7,13 +7,13 @@ result beyond float32 rounding:
 * attention is ``scaled_dot_product_attention`` with a boolean key-padding mask instead
   of an explicit softmax with an additive -10000 mask (exp(-10000) is 0 in float32); the
   mask is omitted when no key is padded, which lets PyTorch pick a fused kernel;
-* the final norm is applied once to the stacked outputs of all requested blocks instead of
-  once per block;
 * no dropout or stochastic-depth modules: the released models use rate 0 at inference, and
   pretraining here does not use them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -155,23 +155,28 @@ class ATSTEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed[:, : n_tokens + 1]
 
-    def forward_blocks(self, mel: Tensor, n_valid_tokens: Tensor | None = None, *, n_last: int | None = None) -> Tensor:
-        """Outputs of the last ``n_last`` blocks through the final norm, ``(n_last, B, 1 + N, D)``.
+    def block_outputs(
+        self, mel: Tensor, n_valid_tokens: Tensor | None = None, *, n_last: int | None = None
+    ) -> Iterator[Tensor]:
+        """The outputs of the last ``n_last`` blocks through the final norm, one ``(B, 1 + N, D)``
+        at a time (callers that reduce them never hold all layers at once).
 
-        This is the official ``get_intermediate_layers``. ``mel`` is ``(B, 64, T)``;
-        ``n_valid_tokens`` (B,) masks the keys of padded tokens (CLS always valid).
+        ``mel`` is ``(B, 64, T)``; ``n_valid_tokens`` (B,) masks the keys of padded tokens (CLS
+        always valid).
         """
         n_last = self.depth if n_last is None else n_last
         if not 1 <= n_last <= self.depth:
             raise ValueError(f"n_last must be in 1..{self.depth}, got {n_last}")
         x = self.tokens(mel)
         key_mask = _key_padding_mask(n_valid_tokens, x.shape[1], x.device)
-        outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x, key_mask)
             if i >= self.depth - n_last:
-                outputs.append(x)
-        return self.norm(torch.stack(outputs))
+                yield self.norm(x)
+
+    def forward_blocks(self, mel: Tensor, n_valid_tokens: Tensor | None = None, *, n_last: int | None = None) -> Tensor:
+        """The official ``get_intermediate_layers``: ``(n_last, B, 1 + N, D)``."""
+        return torch.stack(list(self.block_outputs(mel, n_valid_tokens, n_last=n_last)))
 
     def forward(self, mel: Tensor, n_valid_tokens: Tensor | None = None) -> Tensor:
         """CLS output of the last block after the final norm, ``(B, D)`` (the pretraining target)."""

@@ -91,14 +91,15 @@ def scene_embedding(
     for group in _groups(chunks, chunks_per_pass):
         tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
         tokens_left = torch.tensor([c.n_frames_left // PATCH_FRAMES for c in group], device=mels.device)
-        layers = encoder.forward_blocks(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
-        tokens = layers[:, :, 1:]  # (n, G, N, D)
-        valid = torch.arange(tokens.shape[2], device=mels.device)[None, :] < tokens_in_chunk[:, None]
-        token_sum = (tokens * valid[None, :, :, None]).sum(dim=2)
-        mean = token_sum / (tokens_left.to(mels.dtype)[None, :, None] + MEAN_EPS)
+        valid = torch.arange(int(tokens_in_chunk.max()), device=mels.device)[None, :] < tokens_in_chunk[:, None]
+        weights = (valid.to(mels.dtype) / (tokens_left.to(mels.dtype)[:, None] + MEAN_EPS))[:, None, :]
+        cls, mean = [], []
+        for layer in encoder.block_outputs(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks):
+            cls.append(layer[:, 0])
+            mean.append((weights.to(layer.dtype) @ layer[:, 1:])[:, 0])  # masked sum / tokens_left
         owner = torch.tensor([c.clip for c in group], device=mels.device)
-        cls_sum.index_add_(0, owner, layers[:, :, 0].transpose(0, 1))
-        mean_sum.index_add_(0, owner, mean.transpose(0, 1))
+        cls_sum.index_add_(0, owner, torch.stack(cls, dim=1).to(cls_sum.dtype))
+        mean_sum.index_add_(0, owner, torch.stack(mean, dim=1).to(mean_sum.dtype))
     counts = torch.tensor(n_counted, device=mels.device, dtype=mels.dtype)[:, None, None]
     return torch.cat([(cls_sum / counts).flatten(1), (mean_sum / counts).flatten(1)], dim=1)
 
@@ -123,13 +124,13 @@ def layer_features(
         for clip, total in enumerate(n_tokens)
         for start in range(0, total, chunk_tokens)
     ]
-    pieces: dict[_Chunk, Tensor] = {}
+    # one buffer in (B, T, n_blocks, D) order: HEAR's concatenated layers are a free view of it
+    out = mels.new_zeros(len(n_tokens), max(n_tokens), n_blocks, encoder.embed_dim)
     for group in _groups(chunks, chunks_per_pass):
         tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
-        layers = encoder.forward_blocks(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
-        for g, c in enumerate(group):
-            pieces[c] = layers[:, g, 1 : 1 + c.n_frames // PATCH_FRAMES]
-    per_clip = [torch.cat([pieces[c] for c in chunks if c.clip == clip], dim=1) for clip in range(len(n_tokens))]
-    longest = max(n_tokens)
-    out = torch.stack([F.pad(x, (0, 0, 0, longest - x.shape[1])) for x in per_clip], dim=1)
-    return out, torch.tensor(n_tokens, device=mels.device)
+        layers = encoder.block_outputs(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks)
+        for index, layer in enumerate(layers):
+            for g, c in enumerate(group):
+                first, n = c.start_frame // PATCH_FRAMES, c.n_frames // PATCH_FRAMES
+                out[c.clip, first : first + n, index] = layer[g, 1 : 1 + n]
+    return out.permute(2, 0, 1, 3), torch.tensor(n_tokens, device=mels.device)
