@@ -36,7 +36,7 @@ class _Chunk(NamedTuple):
     clip: int
     start_frame: int
     n_frames: int  # frames of the clip inside this chunk
-    n_frames_left: int  # frames from the chunk start to the clip end (official ``cur_len``)
+    n_frames_left: int = 0  # scene protocol: frames from the chunk start to the clip end (official ``cur_len``)
 
 
 def _groups(chunks: list[_Chunk], size: int) -> Iterator[list[_Chunk]]:
@@ -120,7 +120,7 @@ def layer_features(
     """
     n_tokens = (lengths // PATCH_FRAMES).tolist()
     chunks = [
-        _Chunk(clip, start * PATCH_FRAMES, min(chunk_tokens, total - start) * PATCH_FRAMES, 0)
+        _Chunk(clip, start * PATCH_FRAMES, min(chunk_tokens, total - start) * PATCH_FRAMES)
         for clip, total in enumerate(n_tokens)
         for start in range(0, total, chunk_tokens)
     ]
