@@ -89,10 +89,11 @@ class ATSTPretraining(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         step = self.global_step
+        lr, wd = self.lr_at(step), self.wd_at(step)
         for i, group in enumerate(self.optimizers().optimizer.param_groups):
-            group["lr"] = self.lr_at(step)
+            group["lr"] = lr
             if i == 0:
-                group["weight_decay"] = self.wd_at(step)
+                group["weight_decay"] = wd
         if batch["skipped"]:
             self.skipped_files += len(batch["skipped"])
         self.log("data/skipped_files", float(self.skipped_files), reduce_fx="sum", sync_dist=True)
@@ -106,8 +107,8 @@ class ATSTPretraining(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
         self.log("train/std_teacher", std_teacher, prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("train/lr", self.lr_at(step), prog_bar=True, batch_size=bs)
-        self.log("train/wd", self.wd_at(step), batch_size=bs)
+        self.log("train/lr", lr, prog_bar=True, batch_size=bs)
+        self.log("train/wd", wd, batch_size=bs)
         self.log("train/ema", self.ema_at(step), batch_size=bs)
         return loss
 
@@ -120,10 +121,7 @@ class ATSTPretraining(pl.LightningModule):
     def _record_order(self, batch: dict) -> None:
         path = Path(self.config.run_dir) / "data_order.jsonl"
         with open(path, "a") as f:
-            f.write(
-                json.dumps({"step": self.global_step, "files": batch.get("names", []), "skipped": batch["skipped"]})
-                + "\n"
-            )
+            f.write(json.dumps({"step": self.global_step, "files": batch["names"], "skipped": batch["skipped"]}) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_files"] = self.skipped_files
