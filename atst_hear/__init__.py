@@ -19,10 +19,10 @@ import os
 import torch
 from torch import Tensor, nn
 
-from pretrain.audio_input import check_batch
-from pretrain.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor, center_crop
-from pretrain.features import DEFAULT_CHUNKS_PER_PASS
-from pretrain.frontend import SAMPLE_RATE
+from pretrain.model.audio_input import check_batch
+from pretrain.model.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor, center_crop
+from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS
+from pretrain.model.frontend import SAMPLE_RATE
 
 CHECKPOINT_ENV = "ATST_CHECKPOINT"
 # Token k covers frames 4k .. 4k+3 (10 ms apart); its centre is 1.5 frames after the first.

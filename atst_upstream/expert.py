@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pretrain.encoder import PATCH_FRAMES
-from pretrain.extractor import ATSTFeatureExtractor
-from pretrain.frontend import HOP_LENGTH
+from pretrain.model.encoder import PATCH_FRAMES
+from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.model.frontend import HOP_LENGTH
 
 DOWNSAMPLE_RATE = PATCH_FRAMES * HOP_LENGTH  # 640 samples = 40 ms
 

@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_official import OfficialMixup, official_mel, official_random_resize_crop  # noqa: E402
 
-from pretrain.audio_io import load_audio  # noqa: E402
-from pretrain.config import PRESETS, PretrainConfig  # noqa: E402
-from pretrain.data import SampleKey, TwoCropDataset, collate_crops  # noqa: E402
-from pretrain.lightning_module import ATSTPretraining  # noqa: E402
-from pretrain.synthetic import make_corpus  # noqa: E402
+from pretrain.model.audio_io import load_audio  # noqa: E402
+from pretrain.training.config import PRESETS, PretrainConfig  # noqa: E402
+from pretrain.training.data import SampleKey, TwoCropDataset, collate_crops  # noqa: E402
+from pretrain.training.lightning_module import ATSTPretraining  # noqa: E402
+from pretrain.training.synthetic import make_corpus  # noqa: E402
 
 
 def pipeline_rates(files: list[Path], n_samples: int, batch: int, train_len: float) -> dict[str, float]:

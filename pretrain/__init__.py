@@ -1,7 +1,7 @@
 """ATST (Audio Teacher-Student Transformer): model, front end, checkpoints and pretraining."""
 
-from pretrain.audio_input import AudioInputError
-from pretrain.checkpoint import (
+from pretrain.model.audio_input import AudioInputError
+from pretrain.model.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     load_encoder,
@@ -9,9 +9,9 @@ from pretrain.checkpoint import (
     save_checkpoint,
     write_random_checkpoint,
 )
-from pretrain.encoder import ARCHS, ATSTEncoder
-from pretrain.extractor import ATSTFeatureExtractor
-from pretrain.frontend import SAMPLE_RATE, LogMelFrontEnd
+from pretrain.model.encoder import ARCHS, ATSTEncoder
+from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.model.frontend import SAMPLE_RATE, LogMelFrontEnd
 
 __all__ = [
     "ARCHS",

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain import config as run_config
-from pretrain.audio_io import load_audio
-from pretrain.checkpoint import load_encoder, write_random_checkpoint
-from pretrain.encoder import ARCHS
-from pretrain.extractor import ATSTFeatureExtractor
+from pretrain.model.audio_io import load_audio
+from pretrain.model.checkpoint import load_encoder, write_random_checkpoint
+from pretrain.model.encoder import ARCHS
+from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.training import config as run_config
 
 
 def _init(args: argparse.Namespace) -> None:
@@ -62,7 +62,7 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from pretrain.train import train
+    from pretrain.training.train import train
 
     config = run_config.from_arguments(args)
     if not config.data:
@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from pretrain.data import scan_dataset
+    from pretrain.training.data import scan_dataset
 
     report = scan_dataset(args.data, train_len=args.train_len)
     print(f"{args.data}: {report.files} files, {report.readable} readable, {report.seconds / 3600:.2f} h")
@@ -86,27 +86,27 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from pretrain.plot import plot_run
+    from pretrain.training.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from pretrain.train import export_teacher
+    from pretrain.training.train import export_teacher
 
     print(f"wrote {export_teacher(args.checkpoint, args.out)}")
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from pretrain.synthetic import make_corpus
+    from pretrain.training.synthetic import make_corpus
 
     paths = make_corpus(args.out, n_clips=args.clips, seed=args.seed)
     print(f"wrote {len(paths)} synthetic clips to {args.out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from pretrain.synthetic import make_corpus
-    from pretrain.train import train
+    from pretrain.training.synthetic import make_corpus
+    from pretrain.training.train import train
 
     out = Path(args.out)
     corpus = out / "synthetic_corpus"
@@ -115,7 +115,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"== 2/4 tiny ATST pretraining on the CPU ({args.steps} steps)")
     flags = ["--preset", "tiny", "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
     final = train(run_config.from_arguments(_parser().parse_args(["train", *flags])))
-    from pretrain.plot import plot_run
+    from pretrain.training.plot import plot_run
 
     print(f"curves: {plot_run(out / 'run')}")
     print("== 3/4 hear-validator on the new checkpoint")

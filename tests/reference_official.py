@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from pretrain.encoder import ATSTEncoder
+from pretrain.model.encoder import ATSTEncoder
 
 MASK_VALUE = -10000.0
 

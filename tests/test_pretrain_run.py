@@ -16,9 +16,9 @@ import torch
 
 import atst_hear
 from pretrain import load_encoder, read_checkpoint
-from pretrain.encoder import ATSTEncoder
-from pretrain.schedules import learning_rate, weight_decay
-from pretrain.synthetic import make_corpus
+from pretrain.model.encoder import ATSTEncoder
+from pretrain.training.schedules import learning_rate, weight_decay
+from pretrain.training.synthetic import make_corpus
 
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
 
@@ -56,7 +56,7 @@ def run_training(corpus: Path, run_dir: Path, *extra: str) -> subprocess.Complet
 
 
 def metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    from pretrain.plot import read_metrics
+    from pretrain.training.plot import read_metrics
 
     return read_metrics(run_dir)
 

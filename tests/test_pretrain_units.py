@@ -10,12 +10,12 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
-from pretrain import config as run_config
-from pretrain.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
-from pretrain.data import StepSampler, TwoCropDataset, collate_crops, list_audio, read_crops, scan_dataset
-from pretrain.encoder import ATSTEncoder
-from pretrain.schedules import cosine_schedule
-from pretrain.teacher_student import TeacherStudent
+from pretrain.model.encoder import ATSTEncoder
+from pretrain.training import config as run_config
+from pretrain.training.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
+from pretrain.training.data import StepSampler, TwoCropDataset, collate_crops, list_audio, read_crops, scan_dataset
+from pretrain.training.schedules import cosine_schedule
+from pretrain.training.teacher_student import TeacherStudent
 
 
 def official_schedule(base, final, max_steps, warmup_steps=0, start_warmup_value=0.0):
@@ -106,7 +106,7 @@ def test_two_crops_resample_pad_and_skip(tmp_path):
     files = list_audio(tmp_path)
     assert [f.name for f in files] == ["a.wav", "broken.wav", "short.flac"]
     ds = TwoCropDataset(files, train_len=2.0)
-    from pretrain.data import SampleKey
+    from pretrain.training.data import SampleKey
 
     crops, _ = ds[SampleKey(0, 1)]
     assert crops.shape == (2, 32000) and crops.dtype == torch.float32

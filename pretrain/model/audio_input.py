@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pretrain.frontend import MIN_SAMPLES, SAMPLE_RATE
+from pretrain.model.frontend import MIN_SAMPLES, SAMPLE_RATE
 
 
 class AudioInputError(ValueError):

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pretrain.audio_input import check_clips
-from pretrain.checkpoint import DEFAULT_TRAIN_LEN, EncoderSpec, load_encoder
-from pretrain.encoder import PATCH_FRAMES, ATSTEncoder
-from pretrain.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
-from pretrain.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
+from pretrain.model.audio_input import check_clips
+from pretrain.model.checkpoint import DEFAULT_TRAIN_LEN, EncoderSpec, load_encoder
+from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
+from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
+from pretrain.model.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 TOKEN_HOP_MS = 1000 * PATCH_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 40.0
@@ -74,7 +74,7 @@ class ATSTFeatureExtractor(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **options) -> ATSTFeatureExtractor:
-        """Load the teacher encoder of any supported checkpoint (see ``pretrain.checkpoint``)."""
+        """Load the teacher encoder of any supported checkpoint (see ``pretrain.model.checkpoint``)."""
         encoder, spec = load_encoder(path)
         extractor = cls(encoder, train_len=spec.train_len, **options)
         extractor.spec = spec

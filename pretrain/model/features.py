@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.encoder import PATCH_FRAMES, ATSTEncoder
+from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
 
 DEFAULT_CHUNKS_PER_PASS = 32
 # A pass holds chunks at least this fraction as wide as its widest, so padding wastes little

@@ -135,7 +135,7 @@ def from_arguments(args: argparse.Namespace) -> PretrainConfig:
 
 
 def validate(config: PretrainConfig) -> None:
-    from pretrain.encoder import ARCHS
+    from pretrain.model.encoder import ARCHS
 
     if config.arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {config.arch!r}")

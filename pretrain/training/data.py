@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.audio_io import AUDIO_SUFFIXES, DECODE_ERRORS, AudioFileError, to_mono_16k
-from pretrain.frontend import SAMPLE_RATE
+from pretrain.model.audio_io import AUDIO_SUFFIXES, DECODE_ERRORS, AudioFileError, to_mono_16k
+from pretrain.model.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.frontend import N_MELS
+from pretrain.model.frontend import N_MELS
 
 PATCH_FRAMES = 4  # one token = all mel bins x 4 frames = 40 ms
 PATCH_DIM = N_MELS * PATCH_FRAMES
@@ -150,7 +150,7 @@ class ATSTEncoder(nn.Module):
         if n_tokens > self.max_tokens:
             raise ValueError(
                 f"{n_tokens} tokens exceed the {self.max_tokens} positions of the encoder; "
-                "chunk the input (pretrain.features does)"
+                "chunk the input (pretrain.model.features does)"
             )
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed[:, : n_tokens + 1]

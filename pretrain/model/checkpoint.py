@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretrain.encoder import ARCHS, HEAD_DIM, ATSTEncoder
+from pretrain.model.encoder import ARCHS, HEAD_DIM, ATSTEncoder
 
 DEFAULT_TRAIN_LEN = 6.0
 FORMAT_NAME = "atst-pretrain"

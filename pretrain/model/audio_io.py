@@ -12,7 +12,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from pretrain.frontend import SAMPLE_RATE
+from pretrain.model.frontend import SAMPLE_RATE
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 

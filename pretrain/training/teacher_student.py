@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.encoder import ATSTEncoder
+from pretrain.model.encoder import ATSTEncoder
 
 HEAD_HIDDEN = 4096
 HEAD_OUT = 256

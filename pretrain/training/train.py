@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from pretrain.checkpoint import SAFETENSORS_FORMAT, read_checkpoint, split_checkpoint
-from pretrain.config import PretrainConfig
-from pretrain.data import StepSampler, TwoCropDataset, collate_crops, list_audio
-from pretrain.lightning_module import ATSTPretraining
+from pretrain.model.checkpoint import SAFETENSORS_FORMAT, read_checkpoint, split_checkpoint
+from pretrain.training.config import PretrainConfig
+from pretrain.training.data import StepSampler, TwoCropDataset, collate_crops, list_audio
+from pretrain.training.lightning_module import ATSTPretraining
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"

@@ -10,13 +10,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from pretrain import schedules
-from pretrain.augment import LogMixupExp, RandomResizeCrop
-from pretrain.checkpoint import FORMAT_NAME, FORMAT_VERSION
-from pretrain.config import PretrainConfig
-from pretrain.encoder import ATSTEncoder
-from pretrain.frontend import LogMelFrontEnd
-from pretrain.teacher_student import TeacherStudent
+from pretrain.model.checkpoint import FORMAT_NAME, FORMAT_VERSION
+from pretrain.model.encoder import ATSTEncoder
+from pretrain.model.frontend import LogMelFrontEnd
+from pretrain.training import schedules
+from pretrain.training.augment import LogMixupExp, RandomResizeCrop
+from pretrain.training.config import PretrainConfig
+from pretrain.training.teacher_student import TeacherStudent
 
 REFERENCE_BATCH = 256  # the learning rate is given for this total batch size
 
