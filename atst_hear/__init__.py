@@ -1,15 +1,20 @@
-"""HEAR 2021 API for ATST-Clip (``hear-validator atst_hear -m CKPT``, hear-eval-kit runners).
+"""HEAR 2021 API for ATST-Clip and ATST-Frame (``hear-validator atst_hear -m CKPT``, hear-eval-kit).
 
-* ``get_scene_embeddings``: the official linear-evaluation features (CLS and token mean of
-  the last ``n_blocks`` blocks, averaged over ``train_len`` chunks): ``2 * n_blocks * D``.
+The family is read from the checkpoint (``model.family``: "clip" or "frame").
+
+* ``get_scene_embeddings``: the official linear-evaluation features of the family, averaged
+  over chunks of the crop length: Clip, CLS and token mean of the last ``n_blocks`` blocks
+  (``2 * n_blocks * D``); Frame, the token mean of the last ``n_blocks`` blocks
+  (``n_blocks * D``). See ``pretrain.model.features``.
 * ``get_timestamp_embeddings``: one embedding per 40 ms token, the last ``n_blocks`` blocks
-  concatenated (CLS excluded): ``n_blocks * D``, timestamps at token centres.
+  concatenated (Clip's CLS excluded): ``n_blocks * D``, timestamps at token centres, exactly
+  40 ms apart for any length and never past the clip's end.
 
 Model options (``load_model(path, **options)``, or hear-eval-kit ``--model-options JSON``):
-``n_blocks`` (default: all blocks), ``chunk_seconds`` (default: the checkpoint's
-``train_len``), ``center_crop_seconds`` (scene embeddings only; the official linear
-evaluation used 12, default: no crop), ``chunks_per_pass`` (memory bound) and ``precision``
-("float32"; "bfloat16" / "float16" run the encoder under autocast, e.g. on a GPU).
+``n_blocks`` (default: all blocks), ``chunk_seconds`` (default: the checkpoint's crop
+length, Clip ``train_len`` 6 s, Frame ``anchor_len`` 10 s), ``center_crop_seconds`` (scene
+embeddings only; the official linear evaluation used 12, default: no crop), ``chunks_per_pass``
+(memory bound) and ``precision`` ("float32"; "bfloat16" / "float16" run the encoder under autocast, e.g. on a GPU).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ __all__ = ["HearATST", "get_scene_embeddings", "get_timestamp_embeddings", "load
 
 
 class HearATST(nn.Module):
-    """The object ``load_model`` returns: an ``ATSTFeatureExtractor`` plus HEAR attributes."""
+    """The object ``load_model`` returns: an ``ATSTFeatureExtractor`` plus HEAR attributes
+    (``sample_rate``, ``scene_embedding_size``, ``timestamp_embedding_size``) and ``family``."""
 
     sample_rate = SAMPLE_RATE
 
@@ -43,9 +49,9 @@ class HearATST(nn.Module):
         if center_crop_seconds is not None and not center_crop_seconds > 0:
             raise ValueError(f"center_crop_seconds must be positive or None, got {center_crop_seconds}")
         self.center_crop_seconds = center_crop_seconds
-        dim = extractor.encoder.embed_dim
-        self.scene_embedding_size = 2 * self.n_blocks * dim
-        self.timestamp_embedding_size = self.n_blocks * dim
+        self.family = extractor.family
+        self.scene_embedding_size = extractor.scene_embedding_size(self.n_blocks)
+        self.timestamp_embedding_size = self.n_blocks * extractor.encoder.embed_dim
 
 
 def load_model(
@@ -57,7 +63,7 @@ def load_model(
     chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
     precision: str = "float32",
 ) -> HearATST:
-    """Load an ATST checkpoint (official ``small.ckpt``/``base.ckpt`` or one from ``pretrain``).
+    """Load an ATST checkpoint of either family (any layout ``pretrain.load_encoder`` reads).
 
     With no path, the path in the ``ATST_CHECKPOINT`` environment variable is used.
     """
@@ -65,7 +71,7 @@ def load_model(
     if not path:
         raise ValueError(
             "atst_hear needs a checkpoint: pass model_file_path (hear-validator -m, heareval --model) "
-            f"or set {CHECKPOINT_ENV}. Use an official ATST-Clip small.ckpt/base.ckpt, or make one "
+            f"or set {CHECKPOINT_ENV}. Use an official ATST-Clip or ATST-Frame checkpoint, or make one "
             "with `python -m pretrain` (or pretrain.write_random_checkpoint for a smoke test)."
         )
     extractor = ATSTFeatureExtractor.from_checkpoint(

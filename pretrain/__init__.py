@@ -1,15 +1,18 @@
-"""ATST (Audio Teacher-Student Transformer): model, front end, checkpoints and pretraining."""
+"""ATST (Audio Teacher-Student Transformer, Clip and Frame): model, front end, checkpoints and pretraining."""
 
 from pretrain.model.audio_input import AudioInputError
 from pretrain.model.checkpoint import (
     CheckpointError,
+    CheckpointInfo,
+    EncoderSpec,
     UnsafeCheckpointError,
+    inspect_checkpoint,
     load_encoder,
     read_checkpoint,
     save_checkpoint,
     write_random_checkpoint,
 )
-from pretrain.model.encoder import ARCHS, ATSTEncoder
+from pretrain.model.encoder import ARCHS, FAMILIES, ATSTEncoder
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.frontend import SAMPLE_RATE, LogMelFrontEnd
 
@@ -19,9 +22,13 @@ __all__ = [
     "ATSTFeatureExtractor",
     "AudioInputError",
     "CheckpointError",
+    "CheckpointInfo",
+    "EncoderSpec",
+    "FAMILIES",
     "LogMelFrontEnd",
     "SAMPLE_RATE",
     "UnsafeCheckpointError",
+    "inspect_checkpoint",
     "load_encoder",
     "read_checkpoint",
     "save_checkpoint",

@@ -6,8 +6,8 @@ plot     draw a run's curves to a PNG
 export   write a checkpoint's teacher encoder alone as safetensors
 synth    write the built-in synthetic corpus
 demo     synthetic corpus -> tiny pretraining -> hear-validator -> embeddings
-init     write a randomly initialised encoder checkpoint
-inspect  print what a checkpoint holds
+init     write a randomly initialised encoder checkpoint (Clip or Frame)
+inspect  what a checkpoint holds: family, layout, shape, crop, step, student/optimizer/...
 embed    scene embeddings of audio files
 """
 
@@ -23,24 +23,21 @@ import numpy as np
 import torch
 
 from pretrain.model.audio_io import load_audio
-from pretrain.model.checkpoint import load_encoder, write_random_checkpoint
-from pretrain.model.encoder import ARCHS
+from pretrain.model.checkpoint import inspect_checkpoint, write_random_checkpoint
+from pretrain.model.encoder import ARCHS, FAMILIES
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.training import config as run_config
 
 
 def _init(args: argparse.Namespace) -> None:
-    path = write_random_checkpoint(args.out, args.arch, seed=args.seed, train_len=args.train_len)
-    print(f"wrote randomly initialised {args.arch} encoder to {path}")
+    path = write_random_checkpoint(
+        args.out, args.arch, family=args.family, seed=args.seed, crop_seconds=args.crop_seconds
+    )
+    print(f"wrote randomly initialised ATST-{args.family.capitalize()} {args.arch} encoder to {path}")
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    encoder, spec = load_encoder(args.checkpoint)
-    n_params = sum(p.numel() for p in encoder.parameters())
-    print(
-        f"{args.checkpoint}: layout={spec.layout} arch={spec.arch} width={spec.embed_dim} depth={spec.depth} "
-        f"heads={spec.num_heads} train_len={spec.train_len}s params={n_params / 1e6:.1f}M"
-    )
+    print(inspect_checkpoint(args.checkpoint).describe())
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -163,10 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a randomly initialised checkpoint")
     p.add_argument("out", type=Path)
     p.add_argument("--arch", choices=sorted(ARCHS), default="small")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="clip")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-len", type=float, default=6.0)
+    p.add_argument("--crop-seconds", type=float, default=None, help="default: the family's (Clip 6, Frame 10)")
     p.set_defaults(run=_init)
-    p = sub.add_parser("inspect", help="print what a checkpoint holds")
+    p = sub.add_parser("inspect", help="what a checkpoint holds: family, layout, shape, step, everything else")
     p.add_argument("checkpoint", type=Path)
     p.set_defaults(run=_inspect)
     p = sub.add_parser("embed", help="scene embeddings of audio files")

@@ -1,4 +1,4 @@
-"""Shared fixtures: checkpoint files on disk in every supported layout."""
+"""Shared fixtures: checkpoint files on disk in every supported layout, made as the real ones are."""
 
 from __future__ import annotations
 
@@ -35,14 +35,55 @@ def parity_fixture() -> dict[str, np.ndarray]:
     return {k: data[k] for k in data.files}
 
 
+def frame_checkpoint(out: Path, arch: str, seed: int, optimizer: str = "lean") -> Path:
+    """A random-weight file written by the shared generator of the official ATST-Frame layout."""
+    subprocess.run(
+        [sys.executable, str(FIXTURES / "official_frame_ckpt.py"), str(out), arch, str(seed), optimizer],
+        check=True,
+        cwd=out.parent,
+    )
+    return out
+
+
+def encoder_weights(path: Path, prefix: str = "model.teacher.encoder.") -> dict[str, torch.Tensor]:
+    """Encoder tensors of a file this test session wrote itself (so a plain torch.load is fine)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 @pytest.fixture(scope="session")
-def lightning_small_ckpt(tmp_path_factory) -> Path:
+def shared_small_ckpt(tmp_path_factory) -> Path:
+    """The shared generator's file: the weights the parity fixture was computed with, nothing else."""
     return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "small_seed42.ckpt", "small", 42, "lightning")
 
 
 @pytest.fixture(scope="session")
-def dino_small_ckpt(tmp_path_factory) -> Path:
-    return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "dino_small.ckpt", "small", 7, "dino")
+def parity_weights(shared_small_ckpt) -> dict[str, torch.Tensor]:
+    return encoder_weights(shared_small_ckpt)
+
+
+@pytest.fixture(scope="session")
+def lightning_small_ckpt(tmp_path_factory, parity_weights) -> Path:
+    """An official-layout ATST-Clip small file as real training writes it: a Lightning run whose
+    optimizer holds NumPy schedule values, with callback, loop and scheduler states; its teacher
+    encoder carries the parity fixture's weights."""
+    from realistic_checkpoints import lightning_run_checkpoint
+
+    return lightning_run_checkpoint(tmp_path_factory.mktemp("lightning_run"), parity_weights)
+
+
+@pytest.fixture(scope="session")
+def dino_small_ckpt(tmp_path_factory, parity_weights) -> Path:
+    """The official DINO-style layout (like base.ckpt) with a real AdamW state holding NumPy values."""
+    from realistic_checkpoints import dino_style_checkpoint
+
+    return dino_style_checkpoint(tmp_path_factory.mktemp("ckpt") / "dino_small.ckpt", parity_weights)
+
+
+@pytest.fixture(scope="session")
+def frame_small_ckpt(tmp_path_factory) -> Path:
+    """The shared generator's official ATST-Frame small layout (seed 43: the Frame parity weights)."""
+    return frame_checkpoint(tmp_path_factory.mktemp("ckpt") / "frame_small_seed43.ckpt", "small", 43)
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def test_run_writes_checkpoints_logs_and_export(short_run):
     assert final["global_step"] == 40
     assert final["hyper_parameters"]["format"] == "atst-pretrain"
     encoder, spec = load_encoder(short_run / "atst_teacher.safetensors")
-    assert (spec.embed_dim, spec.depth, spec.train_len) == (192, 4, 2.0)
+    assert (spec.embed_dim, spec.depth, spec.crop_seconds) == (192, 4, 2.0)
     weights = final["state_dict"]
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, weights["model.teacher.encoder." + key])

@@ -1,241 +1,458 @@
-"""Reading and writing ATST checkpoints without executing code from the file.
+"""ATST checkpoints: which layout a file has, which encoder it holds, and loading only that.
 
-Three layouts are read (architecture and ``train_len`` come from the file):
+Layouts recognised (the family, Clip or Frame, is read from each encoder's own keys:
+``cls_token`` + ``norm.*`` is Clip, ``norm_frame.*`` without ``cls_token`` is Frame):
 
-* ``lightning``: the official ``small.ckpt``; encoder under
-  ``state_dict["model.teacher.encoder.*"]``, config in ``hyper_parameters`` (pickled as
-  Lightning's ``AttributeDict``);
-* ``dino``: the official ``base.ckpt``; encoder under ``teacher["module.backbone.*"]``,
-  config in ``args`` (an ``argparse.Namespace``; ``arch`` "ast" = small, "ast_base" = base);
-* ``atst``: this project's files, the Lightning layout with plain-typed ``hyper_parameters``
-  that also name the width, depth and heads, so official tools read them too;
-* ``safetensors``: a teacher encoder exported by ``python -m pretrain export`` (encoder keys,
-  shape and ``train_len`` in the file's metadata). Safetensors holds no code at all.
+================  ===============================================  ==========================================
+layout            where the encoder is                              example
+================  ===============================================  ==========================================
+``lightning``     ``state_dict["model.teacher.encoder.*"]``         official ATST-Clip ``small.ckpt``,
+                                                                    ATST-Frame small / base
+``dino``          ``teacher["module.backbone.*"]``                  official ATST-Clip ``base.ckpt``
+``atst``          as ``lightning``, ``hyper_parameters.format``     this project's pretraining and ``init``
+``finetuned``     ``state_dict["encoder.encoder.*"]`` + ``head.*``  ATST-SED ``atst_as2M.ckpt``, audiossl
+                                                                    fine-tuning of either family
+``c2f``           ``state_dict["model.student.*"]`` (Frame);        ATST-C2F ``DistillLightningModule``
+                  its Clip teacher ``model.teacher.encoder.*``
+``c2f-finetuned`` ``state_dict["encoder.encoder.frame_encoder.*"]`` ATST-SED's C2F variant
+``state-dict``    the only encoder found anywhere else              ``torch.save(encoder.state_dict())``
+``safetensors``   the file's tensors                                ``python -m pretrain export``
+================  ===============================================  ==========================================
 
-Files are read with ``torch.load(weights_only=True)``. The only classes allowed beyond
-PyTorch's own are ``argparse.Namespace`` and stand-ins for Lightning's ``AttributeDict``
-(plain dicts registered under Lightning's module paths), so Lightning need not be
-installed; any other global is refused with an error naming it.
+Layouts are told apart by which encoders the file holds and of which family, never by a
+prefix alone: a C2F file also holds ``model.teacher.encoder.*``, but a Clip encoder there
+beside a Frame student under ``model.student.*``.
+
+Width, depth and positions come from the tensor shapes; heads from the file's ``arch`` (or
+this project's ``num_heads``), else ``width / 64``; the crop length from ``train_len``
+(Clip Lightning), ``args.anchor_len[0]`` (DINO-style) or ``anchor_len`` (Frame), with the
+family's default (6 s / 10 s) where the file has none.
+
+Files are read by ``pretrain.model.torch_file`` (restricted unpickler, no code from the file
+ever runs; see ``safe_pickle``). Only the chosen encoder's tensors are read from disk: the
+student, heads and optimizer state of a training checkpoint are never loaded.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+import math
 import os
-import pickle
-import re
 import tempfile
-import zipfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.model.encoder import ARCHS, HEAD_DIM, ATSTEncoder
+from pretrain.model.encoder import ARCHS, FAMILIES, HEAD_DIM, ATSTEncoder
+from pretrain.model.safe_pickle import CheckpointError, Placeholder, TensorRef, UnsafeCheckpointError
+from pretrain.model.torch_file import iter_tensor_refs, read_torch_file
 
-DEFAULT_TRAIN_LEN = 6.0
 FORMAT_NAME = "atst-pretrain"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SAFETENSORS_FORMAT = "atst-encoder"
 
 LIGHTNING_PREFIX = "model.teacher.encoder."
 DINO_PREFIX = "module.backbone."
+FINETUNED_PREFIX = "encoder.encoder."
+C2F_STUDENT_PREFIX = "model.student."
+C2F_FINETUNED_PREFIX = "encoder.encoder.frame_encoder."
+STUDENT_PREFIXES = ("model.student.encoder.", "module.student.")
 DINO_ARCHS = {"ast": "small", "ast_base": "base"}
+CROP_KEYS = ("train_len", "anchor_len")  # Clip / Frame training scripts
+MIN_CROP_SECONDS, MAX_CROP_SECONDS = 0.5, 10.0
 
-# Module paths under which Lightning versions pickled AttributeDict.
-_ATTRIBUTE_DICT_MODULES = (
-    "pytorch_lightning.utilities.parsing",
-    "lightning.fabric.utilities.data",
-    "lightning_fabric.utilities.data",
-)
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable ATST checkpoint; the message says why."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint that references code (a pickled global) outside the allowed set."""
-
-
-def _attribute_dict_stand_in(module: str) -> type:
-    return type("AttributeDict", (dict,), {"__module__": module, "__qualname__": "AttributeDict"})
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "EncoderSpec",
+    "UnsafeCheckpointError",
+    "inspect_checkpoint",
+    "load_encoder",
+    "read_checkpoint",
+    "save_checkpoint",
+    "write_random_checkpoint",
+]
 
 
-_ALLOWED_GLOBALS: list[Any] = [argparse.Namespace] + [_attribute_dict_stand_in(m) for m in _ATTRIBUTE_DICT_MODULES]
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a checkpoint says about the encoder it holds."""
+
+    family: str  # "clip" | "frame"
+    layout: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    n_positions: int
+    crop_seconds: float  # the crop length it was trained on (train_len / anchor_len)
+    arch: str | None
+    where: str  # e.g. "state_dict['model.teacher.encoder.*']"
 
 
-@contextlib.contextmanager
-def _allowed_globals() -> Iterator[None]:
-    """Allow our extra classes for one load only, leaving torch's global allowlist unchanged."""
-    serialization = torch.serialization
-    if hasattr(serialization, "safe_globals"):  # torch >= 2.5
-        with serialization.safe_globals(_ALLOWED_GLOBALS):
-            yield
-        return
-    previous = list(serialization.get_safe_globals())
-    serialization.add_safe_globals(_ALLOWED_GLOBALS)
+@dataclass
+class CheckpointInfo:
+    """What ``python -m pretrain inspect`` reports: the encoder and everything else in the file."""
+
+    path: Path
+    spec: EncoderSpec
+    file_bytes: int
+    encoder_parameters: int
+    step: int | None = None
+    epoch: int | None = None
+    writer: str | None = None
+    contents: list[str] = field(default_factory=list)
+    placeholders: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        s = self.spec
+        arch = f" ({s.arch})" if s.arch else ""
+        lines = [
+            f"{self.path} ({self.file_bytes / 1e6:.1f} MB)",
+            f"  ATST-{s.family.capitalize()}{arch}, layout {s.layout}: width {s.embed_dim}, depth {s.depth}, "
+            f"heads {s.num_heads}, {s.n_positions} positions, crop {s.crop_seconds:g} s",
+            f"  encoder: {s.where}, {self.encoder_parameters / 1e6:.2f} M parameters",
+        ]
+        progress = [f"{name} {n}" for name, n in (("step", self.step), ("epoch", self.epoch)) if n is not None]
+        if progress or self.writer:
+            written = [f"written by {self.writer}"] if self.writer else []
+            lines.append("  saved at: " + ", ".join(progress + written))
+        lines += [f"  also holds: {item}" for item in self.contents]
+        for name, where in self.placeholders:
+            lines.append(f"  placeholder (unknown class, not called): {name} at {where}")
+        return "\n".join(lines)
+
+
+# --- finding encoders by their keys ----------------------------------------------------------
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, (TensorRef, Tensor, _SafetensorsRef))
+
+
+def _encoders_in(weights: Mapping[str, Any]) -> dict[str, str]:
+    """``{prefix: family}`` for every ATST encoder whose keys sit under ``prefix`` in ``weights``.
+
+    Decided by key names only; whether the values are tensors is checked when one is loaded,
+    so a damaged encoder is reported, not passed over for another one.
+    """
+    found = {}
+    for key in weights:
+        if not (isinstance(key, str) and key.endswith("pos_embed")):
+            continue
+        prefix = key[: -len("pos_embed")]
+        if (prefix and not prefix.endswith(".")) or prefix + "blocks.0.norm1.weight" not in weights:
+            continue
+        has_cls, has_norm = prefix + "cls_token" in weights, prefix + "norm.weight" in weights
+        if has_cls and has_norm:
+            found[prefix] = "clip"
+        elif prefix + "norm_frame.weight" in weights and not has_cls:
+            found[prefix] = "frame"
+    return found
+
+
+def _mapping(tree: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = tree.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _hparams(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("hyper_parameters", "args", "hparams"):
+        value = tree.get(key)
+        if isinstance(value, Mapping):
+            return value
+    return {}
+
+
+TOP_LEVEL = ""  # container name of weights stored at the top of the file
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Where the encoder to load sits: ``tree[container]`` keys under ``prefix``."""
+
+    layout: str
+    container: str
+    prefix: str
+    family: str
+
+    def weights_of(self, tree: Mapping[str, Any]) -> Mapping[str, Any]:
+        return tree if self.container == TOP_LEVEL else _mapping(tree, self.container)
+
+    def describe(self) -> str:
+        return f"{self.container}['{self.prefix}*']" if self.container else f"'{self.prefix}*' at the top level"
+
+
+def _locate(tree: Mapping[str, Any], source: str) -> _Location:
+    """Which encoder of the file to load, and the file's layout (module docstring)."""
+    in_state = _encoders_in(_mapping(tree, "state_dict"))
+    if in_state.get(C2F_STUDENT_PREFIX) == "frame" and in_state.get(LIGHTNING_PREFIX) == "clip":
+        return _Location("c2f", "state_dict", C2F_STUDENT_PREFIX, "frame")
+    if LIGHTNING_PREFIX in in_state:
+        layout = "atst" if _hparams(tree).get("format") == FORMAT_NAME else "lightning"
+        return _Location(layout, "state_dict", LIGHTNING_PREFIX, in_state[LIGHTNING_PREFIX])
+    if _encoders_in(_mapping(tree, "teacher")).get(DINO_PREFIX) == "clip":
+        return _Location("dino", "teacher", DINO_PREFIX, "clip")
+    for container in ("state_dict", TOP_LEVEL):
+        encoders = _encoders_in(_mapping(tree, container) if container else tree)
+        for layout, prefix in (("c2f-finetuned", C2F_FINETUNED_PREFIX), ("finetuned", FINETUNED_PREFIX)):
+            if prefix in encoders:
+                return _Location(layout, container, prefix, encoders[prefix])
+    everywhere = [  # never a student: a file whose teacher is missing is not silently read as its student
+        _Location("state-dict", container, prefix, family)
+        for container in ("state_dict", TOP_LEVEL, "model")
+        for prefix, family in _encoders_in(_mapping(tree, container) if container else tree).items()
+        if not prefix.startswith(STUDENT_PREFIXES)
+    ]
+    if len(everywhere) == 1:
+        return everywhere[0]
+    if everywhere:
+        places = ", ".join(f"{loc.describe()} ({loc.family})" for loc in everywhere)
+        raise CheckpointError(f"{source} holds several ATST encoders ({places}) in no known layout; which is meant?")
+    raise CheckpointError(f"{source} is not an ATST checkpoint: {_what_it_holds(tree)}")
+
+
+def _what_it_holds(tree: Mapping[str, Any]) -> str:
+    """A short account of a foreign file, for the error that refuses it."""
+    keys = sorted(map(str, tree))[:12]
+    containers = (tree, _mapping(tree, "state_dict"), _mapping(tree, "model"))
+    weights = max((c for c in containers if any(_is_tensor(v) for v in c.values())), key=len, default={})
+    sample = [k for k, v in weights.items() if _is_tensor(v)][:4]
+    seen = f"top-level keys {keys}"
+    if sample:
+        seen += f"; tensors such as {sample}"
+    return (
+        f"found {seen}. ATST files keep an encoder (pos_embed, blocks.N.*, and cls_token + norm.* or "
+        f"norm_frame.*) under state_dict['{LIGHTNING_PREFIX}*'], teacher['{DINO_PREFIX}*'] or "
+        f"state_dict['{FINETUNED_PREFIX}*']"
+    )
+
+
+def _crop_seconds(tree: Mapping[str, Any], family: str, source: str) -> float:
+    hparams = _hparams(tree)
+    value = next((hparams[k] for k in CROP_KEYS if k in hparams), FAMILIES[family].crop_seconds)
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]  # DINO-style anchor_len: one entry per crop
+    if isinstance(value, Placeholder):
+        raise CheckpointError(f"{source}: its crop length is an object of unknown class {value.global_name}")
     try:
-        yield
-    finally:
-        serialization.clear_safe_globals()
-        serialization.add_safe_globals(previous)
-
-
-def _plain(value: Any) -> Any:
-    """Namespace / AttributeDict stand-ins -> plain dicts, recursively."""
-    if isinstance(value, argparse.Namespace):
-        value = vars(value)
-    if isinstance(value, Mapping) and not isinstance(value, Tensor):
-        return {k: _plain(v) for k, v in value.items()}
+        value = float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source}: crop length (train_len / anchor_len) {value!r} is not a number") from None
+    if not MIN_CROP_SECONDS <= value <= MAX_CROP_SECONDS:
+        raise CheckpointError(f"{source}: crop length {value} s is outside {MIN_CROP_SECONDS}..{MAX_CROP_SECONDS} s")
     return value
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file safely into plain Python containers and tensors (on the CPU)."""
+def _spec(opened: _Opened, source: str) -> tuple[EncoderSpec, _Location, dict[str, Any]]:
+    """The encoder's spec, its location, and its weights (still unread) under their own names."""
+    tree = opened.tree
+    location = _locate(tree, source)
+    prefix, layout, family = location.prefix, location.layout, location.family
+    container = location.weights_of(tree)
+    weights = {k[len(prefix) :]: v for k, v in container.items() if isinstance(k, str) and k.startswith(prefix)}
+    if layout == "c2f":  # model.student.* is the encoder itself; nothing of a projector lives there
+        weights = {k: v for k, v in weights.items() if not k.startswith(("encoder.", "projector.", "predictor."))}
+    for key, value in weights.items():
+        if not _is_tensor(value):
+            what = value.global_name if isinstance(value, Placeholder) else type(value).__name__
+            raise CheckpointError(f"{source}: encoder weight '{prefix}{key}' is not a tensor but {what}")
+    pos = weights["pos_embed"]
+    if len(pos.shape) != 3:
+        raise CheckpointError(f"{source}: encoder weight '{prefix}pos_embed' is {tuple(pos.shape)}, not (1, N, D)")
+    embed_dim = int(pos.shape[-1])
+    depth = sum(1 for k in weights if k.startswith("blocks.") and k.endswith(".norm1.weight"))
+    hparams = _hparams(tree)
+    arch = hparams.get("arch")
+    arch = DINO_ARCHS.get(arch, arch) if isinstance(arch, str) else None
+    if layout == "c2f":
+        arch = None  # the file's arch names its Clip teacher
+    num_heads = hparams.get("num_heads") if layout == "atst" else None
+    if not isinstance(num_heads, int):
+        known = ARCHS.get(arch) if arch else None
+        num_heads = known[2] if known and known[0] == embed_dim else max(1, embed_dim // HEAD_DIM)
+    spec = EncoderSpec(
+        family=family,
+        layout="safetensors" if opened.is_safetensors else layout,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=int(num_heads),
+        n_positions=int(pos.shape[1]),
+        crop_seconds=_crop_seconds(tree, family, source),
+        arch=arch,
+        where="the file's tensors" if opened.is_safetensors else location.describe(),
+    )
+    return spec, location, weights
+
+
+# --- what else a file holds (for inspect) --------------------------------------------------------
+
+
+def _megabytes(refs) -> float:
+    return sum(r.nbytes for r in refs) / 1e6
+
+
+def _weight_groups(weights: Mapping[str, Any], skip: str) -> list[str]:
+    """Groups of tensors by key prefix (``model.student.encoder``, ``head``, ...), the loaded one left out."""
+    encoders = set(_encoders_in(weights))
+    groups: dict[str, list] = {}
+    for key, value in weights.items():
+        if not isinstance(key, str) or not _is_tensor(value) or (skip and key.startswith(skip)):
+            continue
+        group = next((p[:-1] for p in encoders if key.startswith(p)), None)
+        if group is None:
+            parts = key.split(".")
+            n = 1
+            while n < len(parts) - 1 and parts[n - 1] in ("model", "module", "student", "teacher", "encoder"):
+                n += 1
+            group = ".".join(parts[:n])
+        groups.setdefault(group, []).append(value)
+    out = []
+    for group, refs in groups.items():
+        label = f"{group}.* ({len(refs)} tensors, {_megabytes(r for r in refs if isinstance(r, TensorRef)):.1f} MB)"
+        if group in {p[:-1] for p in encoders}:
+            family = _encoders_in(weights)[group + "."]
+            label = f"{group}.* (another ATST-{family.capitalize()} encoder, {len(refs)} tensors)"
+        elif group.split(".")[-1] == "head" or group.endswith(("linear", "head")):
+            out_features = [r.shape[0] for r in refs if len(r.shape) == 2]
+            if out_features:
+                label += f", {out_features[-1]} outputs"
+        out.append(label)
+    return out
+
+
+def _contents(tree: Mapping[str, Any], location: _Location) -> list[str]:
+    out = []
+    if location.container == TOP_LEVEL:
+        out += [f"top level: {g}" for g in _weight_groups(tree, location.prefix)]
+    for key, value in tree.items():
+        if key in ("epoch", "global_step", "pytorch-lightning_version", "hparams_name") or (
+            location.container == TOP_LEVEL and _is_tensor(value)
+        ):
+            continue
+        if key in ("state_dict", "teacher", "student", "model") and isinstance(value, Mapping):
+            groups = _weight_groups(value, location.prefix if key == location.container else "")
+            out += [f"{key}: {g}" for g in groups]
+        elif key in ("optimizer_states", "optimizer"):
+            states = value if isinstance(value, list) else [value]
+            refs = list(iter_tensor_refs(value))
+            n_params = sum(len(s.get("state", {})) for s in states if isinstance(s, Mapping))
+            out.append(f"{key}: {len(states)} optimizer(s), {n_params} parameter states, {_megabytes(refs):.1f} MB")
+        elif key == "callbacks" and isinstance(value, Mapping):
+            out.append(f"{key}: " + ", ".join(str(k).split("{")[0] for k in value))
+        elif isinstance(value, Mapping):
+            names = ", ".join(map(str, list(value)[:6])) + (", ..." if len(value) > 6 else "")
+            out.append(f"{key}: {len(value)} {'entry' if len(value) == 1 else 'entries'} ({names})")
+        elif isinstance(value, list):
+            out.append(f"{key}: {len(value)} {'item' if len(value) == 1 else 'items'}")
+        else:
+            out.append(f"{key}: {value!r:.60}")
+    return out
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SafetensorsRef:
+    key: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Opened:
+    """A checkpoint file opened without reading tensor data: its tree, and how to read a tensor."""
+
+    tree: Mapping[str, Any]
+    read: Callable[[Any], Tensor]
+    placeholders: list[tuple[str, str]]
+    is_safetensors: bool = False
+
+
+def _open(path: str | os.PathLike) -> _Opened:
+    """Open a checkpoint file (torch or safetensors) without reading its tensors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head:
-        raise CheckpointError(f"checkpoint file is empty: {path}")
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint is truncated or corrupt (its zip directory is unreadable): {path}")
-    if not head.startswith(b"PK") and head[:1] != b"\x80":
-        raise CheckpointError(f"not a PyTorch checkpoint (neither a zip archive nor a pickle): {path}")
-    try:
-        with _allowed_globals():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        match = re.search(r"GLOBAL (\S+)", str(err))
-        if match:
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it references {match.group(1)}, which is not an allowed "
-                "class (only tensors, containers, argparse.Namespace and Lightning's AttributeDict are)"
-            ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"checkpoint is truncated or corrupt: {path} ({_first_line(err)})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
-    return _plain(obj)
+        return _open_safetensors(path)
+    torch_file = read_torch_file(path)
+    if not isinstance(torch_file.tree, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(torch_file.tree).__name__}, not a dict")
+    return _Opened(torch_file.tree, torch_file.tensor, torch_file.placeholders)
 
 
-def _read_safetensors(path: Path) -> dict[str, Any]:
-    """An exported encoder as a checkpoint dict of this project's layout."""
+def _open_safetensors(path: Path) -> _Opened:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            weights = {LIGHTNING_PREFIX + k: f.get_tensor(k) for k in f.keys()}
+            refs = {LIGHTNING_PREFIX + k: _SafetensorsRef(k, tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read safetensors file {path}: {_first_line(err)}") from None
+        raise CheckpointError(f"cannot read safetensors file {path}: {err}") from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an exported ATST encoder (no format tag)")
-    hparams = {
-        "format": FORMAT_NAME,
-        "arch": metadata.get("arch") or None,
-        "num_heads": int(metadata["num_heads"]),
-        "train_len": float(metadata["train_len"]),
-    }
-    return {"state_dict": weights, "hyper_parameters": hparams}
+    family = metadata.get("family", "clip")
+    hparams = {"format": FORMAT_NAME, "arch": metadata.get("arch") or None, "num_heads": int(metadata["num_heads"])}
+    crop = metadata.get("crop_seconds", metadata.get("train_len"))  # "train_len": exports of format version 1
+    hparams["anchor_len" if family == "frame" else "train_len"] = float(crop)
+
+    def read(ref: _SafetensorsRef) -> Tensor:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(ref.key)
+
+    return _Opened({"state_dict": refs, "hyper_parameters": hparams}, read, [], is_safetensors=True)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _as_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What a checkpoint says about its encoder."""
-
-    layout: str
-    embed_dim: int
-    depth: int
-    num_heads: int
-    n_positions: int
-    train_len: float
-    arch: str | None
-
-
-def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
-
-
-def split_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[dict[str, Tensor], EncoderSpec]:
-    """Find the encoder weights and configuration in a loaded checkpoint of any known layout."""
-    state_dict = ckpt.get("state_dict")
-    teacher = ckpt.get("teacher")
-    if isinstance(state_dict, Mapping) and any(str(k).startswith(LIGHTNING_PREFIX) for k in state_dict):
-        weights = _strip(state_dict, LIGHTNING_PREFIX)
-        hparams = ckpt.get("hyper_parameters") or {}
-        layout = "atst" if hparams.get("format") == FORMAT_NAME else "lightning"
-        arch = hparams.get("arch")
-        train_len = hparams.get("train_len", DEFAULT_TRAIN_LEN)
-        num_heads = hparams.get("num_heads") if layout == "atst" else None
-    elif isinstance(teacher, Mapping) and any(str(k).startswith(DINO_PREFIX) for k in teacher):
-        weights = _strip(teacher, DINO_PREFIX)
-        args = ckpt.get("args") or {}
-        layout = "dino"
-        arch = DINO_ARCHS.get(args.get("arch"), args.get("arch"))
-        anchor = args.get("anchor_len", DEFAULT_TRAIN_LEN)
-        train_len = anchor[0] if isinstance(anchor, (list, tuple)) else anchor
-        num_heads = None
-    else:
-        raise CheckpointError(
-            f"unknown checkpoint layout in {source}: expected state_dict['{LIGHTNING_PREFIX}*'] "
-            f"(Lightning / this project) or teacher['{DINO_PREFIX}*'] (DINO-style); "
-            f"top-level keys are {sorted(map(str, ckpt))[:10]}"
-        )
-    for required in ("cls_token", "pos_embed"):
-        if not isinstance(weights.get(required), Tensor) or weights[required].ndim != 3:
-            raise CheckpointError(f"{source}: encoder weight '{required}' is missing or not a (1, N, D) tensor")
-    embed_dim = int(weights["cls_token"].shape[-1])
-    depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.") and k.endswith(".norm1.weight")})
-    if num_heads is None:
-        known = ARCHS.get(arch) if isinstance(arch, str) else None
-        num_heads = known[2] if known and known[0] == embed_dim else max(1, embed_dim // HEAD_DIM)
-    try:
-        train_len = float(train_len)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: train_len {train_len!r} is not a number") from None
-    if not 0.5 <= train_len <= 10.0:
-        raise CheckpointError(f"{source}: train_len {train_len} s is outside 0.5..10 s")
-    spec = EncoderSpec(
-        layout=layout,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=int(num_heads),
-        n_positions=int(weights["pos_embed"].shape[1]),
-        train_len=train_len,
-        arch=arch if isinstance(arch, str) else None,
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Describe a checkpoint without reading its tensors: encoder, layout, step, what else it holds."""
+    opened = _open(path)
+    spec, location, weights = _spec(opened, str(path))
+    tree = opened.tree
+    writer = tree.get("pytorch-lightning_version")
+    return CheckpointInfo(
+        path=Path(path),
+        spec=spec,
+        file_bytes=Path(path).stat().st_size,
+        encoder_parameters=sum(math.prod(ref.shape) for ref in weights.values()),
+        step=_as_int(tree.get("global_step")),
+        epoch=_as_int(tree.get("epoch")),
+        writer=f"Lightning {writer}" if isinstance(writer, str) else None,
+        contents=[] if opened.is_safetensors else _contents(tree, location),
+        placeholders=opened.placeholders,
     )
-    return weights, spec
 
 
 def build_encoder(weights: Mapping[str, Tensor], spec: EncoderSpec, source: str = "checkpoint") -> ATSTEncoder:
-    """An encoder of the checkpoint's shape with its weights; errors name ill-fitting keys."""
-    encoder = ATSTEncoder(
-        embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, n_positions=spec.n_positions
-    )
+    """An encoder of the spec's family and shape holding ``weights``; errors name ill-fitting keys.
+
+    The encoder is made on the meta device and takes the tensors as they are (no second copy).
+    """
+    with torch.device("meta"):
+        encoder = ATSTEncoder(
+            family=spec.family,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            n_positions=spec.n_positions,
+        )
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong_shape = sorted(
         f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in weights and (not isinstance(weights[k], Tensor) or weights[k].shape != v.shape)
+        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
     )
     problems = []
     if missing:
@@ -245,38 +462,65 @@ def build_encoder(weights: Mapping[str, Tensor], spec: EncoderSpec, source: str 
     if wrong_shape:
         problems.append(f"wrong shapes {wrong_shape[:8]}")
     if problems:
-        raise CheckpointError(f"encoder weights in {source} do not fit an ATST encoder: " + "; ".join(problems))
-    encoder.load_state_dict(weights, strict=True)
+        raise CheckpointError(
+            f"encoder weights in {source} do not fit an ATST-{spec.family.capitalize()} encoder: " + "; ".join(problems)
+        )
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    encoder.load_state_dict(tensors, strict=True, assign=True)
     return encoder.eval()
 
 
 def load_encoder(path: str | os.PathLike) -> tuple[ATSTEncoder, EncoderSpec]:
-    """Read any supported checkpoint and return its (teacher) encoder, in eval mode, and spec."""
-    weights, spec = split_checkpoint(read_checkpoint(path), str(path))
+    """Read any supported checkpoint and return its encoder (eval mode) and spec.
+
+    Only the encoder's tensors are read from the file.
+    """
+    opened = _open(path)
+    spec, _location, refs = _spec(opened, str(path))
+    weights = {k: opened.read(v) for k, v in refs.items()}
     return build_encoder(weights, spec, str(path)), spec
 
 
-def encoder_checkpoint(encoder: ATSTEncoder, *, train_len: float = DEFAULT_TRAIN_LEN, arch: str | None = None) -> dict:
-    """This project's checkpoint dict for an encoder (plain types only)."""
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A whole checkpoint as plain containers with every tensor read (on the CPU), safely."""
+    opened = _open(path)
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, (TensorRef, _SafetensorsRef)):
+            return opened.read(value)
+        if isinstance(value, Mapping):
+            return {k: visit(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [visit(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(visit(v) for v in value)
+        return value
+
+    return visit(opened.tree)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def encoder_checkpoint(encoder: ATSTEncoder, *, crop_seconds: float | None = None, arch: str | None = None) -> dict:
+    """This project's checkpoint dict for an encoder, in the official Lightning layout (plain types)."""
+    crop = encoder.family.crop_seconds if crop_seconds is None else float(crop_seconds)
     hparams = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "family": encoder.family.name,
         "arch": arch,
         "embed_dim": encoder.embed_dim,
         "depth": encoder.depth,
         "num_heads": encoder.num_heads,
-        "train_len": float(train_len),
+        ("anchor_len" if encoder.family.name == "frame" else "train_len"): crop,
     }
     state = {LIGHTNING_PREFIX + k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     return {"state_dict": state, "hyper_parameters": hparams}
 
 
 def save_checkpoint(
-    path: str | os.PathLike,
-    encoder: ATSTEncoder,
-    *,
-    train_len: float = DEFAULT_TRAIN_LEN,
-    arch: str | None = None,
+    path: str | os.PathLike, encoder: ATSTEncoder, *, crop_seconds: float | None = None, arch: str | None = None
 ) -> Path:
     """Write an encoder in this project's layout, atomically (a temporary file, then rename)."""
     path = Path(path)
@@ -284,7 +528,7 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(encoder_checkpoint(encoder, train_len=train_len, arch=arch), tmp)
+        torch.save(encoder_checkpoint(encoder, crop_seconds=crop_seconds, arch=arch), tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -293,8 +537,13 @@ def save_checkpoint(
 
 
 def write_random_checkpoint(
-    path: str | os.PathLike, arch: str = "small", *, seed: int = 0, train_len: float = DEFAULT_TRAIN_LEN
+    path: str | os.PathLike,
+    arch: str = "small",
+    *,
+    family: str = "clip",
+    seed: int = 0,
+    crop_seconds: float | None = None,
 ) -> Path:
     """Write a randomly initialised encoder of a named size (for tests, demos and smoke runs)."""
     torch.manual_seed(seed)
-    return save_checkpoint(path, ATSTEncoder.from_arch(arch), train_len=train_len, arch=arch)
+    return save_checkpoint(path, ATSTEncoder.from_arch(arch, family=family), crop_seconds=crop_seconds, arch=arch)

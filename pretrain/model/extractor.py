@@ -1,4 +1,4 @@
-"""Front end + encoder + the two feature protocols, as one module the adapters share."""
+"""Front end + encoder + the two feature protocols, as one module the adapters share (both families)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.model.audio_input import check_clips
-from pretrain.model.checkpoint import DEFAULT_TRAIN_LEN, EncoderSpec, load_encoder
+from pretrain.model.checkpoint import EncoderSpec, load_encoder
 from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
 from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
 from pretrain.model.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
@@ -30,12 +30,13 @@ def center_crop(wav: Tensor, n_samples: int) -> Tensor:
 
 
 class ATSTFeatureExtractor(nn.Module):
-    """Waveforms at 16 kHz -> ATST-Clip features (scene embeddings or per-token layers).
+    """Waveforms at 16 kHz -> ATST features (scene embeddings or per-token layers), either family.
 
     Args:
         encoder: the transformer.
-        train_len: crop length (s) the encoder was trained on; sets the default chunk length.
-        chunk_seconds: chunk length for long clips (default ``train_len``).
+        crop_seconds: crop length the encoder was trained on (Clip ``train_len``, Frame
+            ``anchor_len``; default: the family's official value); sets the default chunk length.
+        chunk_seconds: chunk length for long clips (default ``crop_seconds``).
         chunks_per_pass: chunks per forward pass (bounds memory on long audio).
         precision: "float32" (default, exact), or "bfloat16" / "float16" to run the encoder under
             autocast (front end and outputs stay float32; about 1e-2 relative to float32).
@@ -47,7 +48,7 @@ class ATSTFeatureExtractor(nn.Module):
         self,
         encoder: ATSTEncoder,
         *,
-        train_len: float = DEFAULT_TRAIN_LEN,
+        crop_seconds: float | None = None,
         chunk_seconds: float | None = None,
         chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
         precision: str = "float32",
@@ -58,8 +59,8 @@ class ATSTFeatureExtractor(nn.Module):
         self.precision = precision
         self.frontend = LogMelFrontEnd()
         self.encoder = encoder
-        self.train_len = float(train_len)
-        chunk_seconds = self.train_len if chunk_seconds is None else float(chunk_seconds)
+        self.crop_seconds = encoder.family.crop_seconds if crop_seconds is None else float(crop_seconds)
+        chunk_seconds = self.crop_seconds if chunk_seconds is None else float(chunk_seconds)
         longest = encoder.max_tokens * PATCH_FRAMES / FRAMES_PER_SECOND
         if not MIN_CHUNK_SECONDS <= chunk_seconds <= longest:
             raise ValueError(f"chunk_seconds must be in {MIN_CHUNK_SECONDS}..{longest:g} s, got {chunk_seconds}")
@@ -67,7 +68,7 @@ class ATSTFeatureExtractor(nn.Module):
             raise ValueError(f"chunks_per_pass must be >= 1, got {chunks_per_pass}")
         self.chunk_seconds = chunk_seconds
         self.chunks_per_pass = int(chunks_per_pass)
-        # official: int(train_len * 100 + 1) frames for the scene protocol
+        # official: int(crop_seconds * 100 + 1) frames for the scene protocol
         self.scene_chunk_frames = int(chunk_seconds * FRAMES_PER_SECOND + 1)
         self.chunk_tokens = int(round(chunk_seconds * FRAMES_PER_SECOND)) // PATCH_FRAMES
         self.spec: EncoderSpec | None = None
@@ -76,13 +77,21 @@ class ATSTFeatureExtractor(nn.Module):
     def from_checkpoint(cls, path: str | os.PathLike, **options) -> ATSTFeatureExtractor:
         """Load the teacher encoder of any supported checkpoint (see ``pretrain.model.checkpoint``)."""
         encoder, spec = load_encoder(path)
-        extractor = cls(encoder, train_len=spec.train_len, **options)
+        extractor = cls(encoder, crop_seconds=spec.crop_seconds, **options)
         extractor.spec = spec
         return extractor.eval()
 
     @property
     def device(self) -> torch.device:
-        return self.encoder.cls_token.device
+        return self.encoder.pos_embed.device
+
+    @property
+    def family(self) -> str:
+        return self.encoder.family.name
+
+    def scene_embedding_size(self, n_blocks: int) -> int:
+        """Clip: CLS and token mean per block; Frame: token mean per block."""
+        return (1 + self.encoder.n_prefix) * n_blocks * self.encoder.embed_dim
 
     def check_n_blocks(self, n_blocks: int) -> int:
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= self.encoder.depth:
@@ -99,7 +108,7 @@ class ATSTFeatureExtractor(nn.Module):
         return self.frontend.batch([w.to(self.device) for w in clips])
 
     def scene_embeddings(self, wavs: Sequence[Tensor], *, n_blocks: int) -> Tensor:
-        """Official linear-evaluation features of each clip: ``(B, 2 * n_blocks * D)``."""
+        """Official linear-evaluation features of each clip: ``(B, scene_embedding_size(n_blocks))``."""
         mels, lengths = self.mels(wavs)
         with self._encoder_precision():
             emb = scene_embedding(

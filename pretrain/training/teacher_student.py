@@ -35,7 +35,7 @@ class Branch(nn.Module):
         self.predictor = projection_head(HEAD_OUT) if predictor else nn.Identity()
 
     def forward(self, mels: Tensor) -> Tensor:
-        return self.predictor(self.projector(self.encoder(mels)))
+        return self.predictor(self.projector(self.encoder(mels)[:, 0]))  # the CLS output
 
 
 def byol_loss(student: Tensor, teacher: Tensor) -> Tensor:

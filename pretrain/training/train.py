@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from pretrain.model.checkpoint import SAFETENSORS_FORMAT, read_checkpoint, split_checkpoint
+from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
 from pretrain.training.config import PretrainConfig
 from pretrain.training.data import StepSampler, TwoCropDataset, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
@@ -127,18 +127,19 @@ def train(config: PretrainConfig) -> Path:
 
 
 def export_teacher(checkpoint: str | Path, out: str | Path) -> Path:
-    """The teacher encoder of any checkpoint alone, as safetensors with its shape in the metadata."""
+    """The encoder of any checkpoint alone, as safetensors with its family and shape in the metadata."""
     from safetensors.torch import save_file
 
-    weights, spec = split_checkpoint(read_checkpoint(checkpoint), str(checkpoint))
+    encoder, spec = load_encoder(checkpoint)
     metadata = {
         "format": SAFETENSORS_FORMAT,
+        "family": spec.family,
         "embed_dim": str(spec.embed_dim),
         "depth": str(spec.depth),
         "num_heads": str(spec.num_heads),
-        "train_len": str(spec.train_len),
+        "crop_seconds": str(spec.crop_seconds),
         "arch": spec.arch or "",
     }
     out = Path(out)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(out), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out), metadata=metadata)
     return out
