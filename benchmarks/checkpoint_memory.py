@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("ATST_SHARED", REPO.parent / "shared"))
+
+from measure import machine  # noqa: E402
 
 from pretrain.model.encoder import ATSTEncoder  # noqa: E402
 from pretrain.training.teacher_student import projection_head  # noqa: E402
@@ -160,11 +161,6 @@ def measure(path: Path, family: str, prefix: str, section: str, loader: str) -> 
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> None:

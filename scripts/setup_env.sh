@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Create (or refresh) the pinned, tested environment in .venv and install this package into it.
-# Idempotent: does nothing when the requirement files are unchanged since the last run.
+# Create (or refresh) one of the two tested environments and install this package into it.
+#
+#   bash scripts/setup_env.sh current   # .venv-current: torch 2.13.0 (CPU), NumPy 2.4, Lightning 2.6,
+#                                       # TensorFlow 2.21 for hear-validator; no torchaudio
+#   bash scripts/setup_env.sh harness   # .venv: torch 2.4.1 + torchaudio 2.4.1, s3prl 0.4.18, hear-eval-kit
+#                                       # (s3prl needs torchaudio's sox bindings, gone since 2.9)
+#
+# Idempotent: does nothing when the stack's requirement files are unchanged since its last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${ATST_VENV:-.venv}
+STACK=${1:-harness}
 PYTHON=${PYTHON:-python3}
-# s3prl's speech_commands and voxceleb1 downstreams read audio through torchaudio's sox bindings.
-if ! ldconfig -p | grep -q 'libsox\.so '; then
+case "$STACK" in
+    harness) VENV=${ATST_VENV:-.venv}; LOCK=requirements/harness.txt ;;
+    current) VENV=${ATST_CURRENT_VENV:-.venv-current}; LOCK=requirements/current.txt ;;
+    *) echo "usage: bash scripts/setup_env.sh [harness|current]" >&2; exit 2 ;;
+esac
+
+if [ "$STACK" = harness ] && ! ldconfig -p | grep -q 'libsox\.so '; then
+    # s3prl's speech_commands and voxceleb1 downstreams read audio through torchaudio's sox bindings.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing libsox-dev (needed by s3prl's downstream datasets)" >&2
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsox-dev) >/dev/null
@@ -14,12 +26,14 @@ if ! ldconfig -p | grep -q 'libsox\.so '; then
         echo "warning: libsox.so not found; s3prl downstream tests need it (apt-get install libsox-dev)" >&2
     fi
 fi
-want=$(cat requirements/lock.txt requirements/hear-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+
+want=$(cat "$LOCK" requirements/hear-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.atst-requirements"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-echo "setting up $VENV (pinned stack in requirements/; the first run downloads about 5 GB)" >&2
+echo "setting up the $STACK stack in $VENV ($LOCK)" >&2
+rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 log="$VENV/setup.log"
 pip_install() {
@@ -29,10 +43,25 @@ pip_install() {
         exit 1
     fi
 }
-# pip 24.0: catalyst 22.4 (the first release that imports on Python 3.10+) has metadata that
-# pip >= 24.1 rejects.
-pip_install "pip==24.0"
-pip_install -r requirements/lock.txt
-pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
-pip_install --no-deps --no-build-isolation -e .
+if [ "$STACK" = harness ]; then
+    # pip 24.0: catalyst 22.4 (the first release that imports on Python 3.10+) has metadata that
+    # pip >= 24.1 rejects. torch and torchaudio 2.4.1 come from PyPI (CUDA builds, run on the CPU).
+    pip_install "pip==24.0"
+    pip_install -r "$LOCK"
+    pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
+    pip_install --no-deps --no-build-isolation -e .
+else
+    # torch first, alone: `pip install torch==2.13.0` takes the CPU build this machine kind keeps on
+    # its own disk; then the rest, then the package with its dependencies resolved by pip (which
+    # is how a user installs it beside the torch they have): it must pull no torchaudio.
+    pip_install --upgrade pip
+    pip_install "torch==2.13.0"
+    pip_install -r "$LOCK"
+    pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
+    pip_install -e ".[pretrain]"
+    if "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchaudio') is None)"; then
+        echo "setup failed: torchaudio was installed into the current stack ($log)" >&2
+        exit 1
+    fi
+fi
 echo "$want" > "$stamp"

@@ -92,8 +92,30 @@ def dino_base_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def frame_base_ckpt(tmp_path_factory) -> Path:
+    """The shared generator's official ATST-Frame base layout (726 MB without optimizer moments)."""
+    return frame_checkpoint(tmp_path_factory.mktemp("ckpt") / "frame_base.ckpt", "base", 0)
+
+
+@pytest.fixture(scope="session")
+def sed_ckpt(tmp_path_factory, frame_small_ckpt) -> Path:
+    """ATST-SED's fine-tuned layout (atst_as2M.ckpt): encoder.encoder.* + head.*, no config."""
+    weights = encoder_weights(frame_small_ckpt)
+    state = {"encoder.encoder." + k: v for k, v in weights.items()}
+    state |= {"head.weight": torch.zeros(527, 384), "head.bias": torch.zeros(527)}
+    path = tmp_path_factory.mktemp("ckpt") / "atst_as2M.ckpt"
+    torch.save({"state_dict": state, "epoch": 9, "global_step": 72000}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", "tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_frame_ckpt(tmp_path_factory) -> Path:
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_frame.ckpt", "tiny", family="frame", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +124,13 @@ def tiny_model(tiny_ckpt):
     import atst_hear
 
     return atst_hear.load_model(str(tiny_ckpt))
+
+
+@pytest.fixture(scope="module")
+def tiny_frame_model(tiny_frame_ckpt):
+    import atst_hear
+
+    return atst_hear.load_model(str(tiny_frame_ckpt))
 
 
 def noise(n: int, seconds: float, seed: int = 0) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""A straightforward re-statement of the official ATST-Clip computations, used as a test
-oracle and as the speed reference in benchmarks/: torchaudio's transforms applied to each
-``(1, 1, T)`` clip, explicit softmax attention with an additive -10000 key mask, one chunk
-at a time in a Python loop over the padded batch, and the final norm applied per block.
-Written from the facts in DESIGN.md; it reuses only the parameters of an ATSTEncoder.
+"""A straightforward re-statement of the official ATST computations, used as a test oracle and
+as the speed reference in benchmarks/: torchaudio's transforms applied to each ``(1, 1, T)`` clip
+(``official_mel``, which needs torchaudio: the harness stack), explicit softmax attention with an
+additive -10000 key mask, one chunk at a time in a Python loop over the padded batch, and the
+final norm applied per block. Written from the facts in DESIGN.md; it reuses only the parameters
+of an ATSTEncoder.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import random
 
 import numpy as np
 import torch
-import torchaudio
 
 from pretrain.model.encoder import ATSTEncoder
 
@@ -20,6 +20,8 @@ MASK_VALUE = -10000.0
 
 def official_mel(wav: torch.Tensor) -> torch.Tensor:
     """(n_samples,) -> (64, T) with torchaudio's own transforms, as the official code."""
+    import torchaudio
+
     mel = torchaudio.transforms.MelSpectrogram(
         16000, n_fft=1024, win_length=1024, hop_length=160, f_min=60, f_max=7800, n_mels=64
     )(wav[None, None])
@@ -56,19 +58,21 @@ def _tokens(enc: ATSTEncoder, mel4d: torch.Tensor) -> torch.Tensor:
     # einops 'b c (h p1) (w p2) -> b (w h) (p1 p2 c)' with p1 = 64, p2 = 4
     patches = mel4d[:, :, :, :w].reshape(b, 1, 1, 64, w // 4, 4).permute(0, 4, 2, 3, 5, 1).reshape(b, w // 4, 256)
     x = enc.patch_embed.patch_embed(patches)
+    if enc.family.name == "frame":  # FrameAST: no CLS, positions from slot 1
+        return x + enc.pos_embed[:, 1 : x.shape[1] + 1]
     x = torch.cat([enc.cls_token.expand(b, -1, -1), x], dim=1)
     return x + enc.pos_embed[:, : x.shape[1]]
 
 
 def intermediate_layers(enc: ATSTEncoder, mel4d, length, n):
-    """Official get_intermediate_layers: list of n (B, 1 + N, D)."""
+    """Official get_intermediate_layers (Frame: scene=False): list of n (B, [CLS +] N, D)."""
     patch_length = (length - length % 4) // 4
     x = _tokens(enc, mel4d)
     out = []
     for i, blk in enumerate(enc.blocks):
-        x = _block(blk, x, patch_length + 1)
+        x = _block(blk, x, patch_length + enc.n_prefix)
         if len(enc.blocks) - i <= n:
-            out.append(enc.norm(x))
+            out.append(enc.final_norm(x))
     return out
 
 
@@ -108,6 +112,58 @@ def layer_features_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_tokens):
         outs = intermediate_layers(enc, chunk, cur_len, n)
         pieces.append(torch.stack(outs)[:, :, 1:])
     return torch.cat(pieces, dim=2)
+
+
+# --- ATST-Frame: atstframe/embedding.py (the official feature functions) and its linear evaluation
+
+
+def frame_scene_means(enc: ATSTEncoder, mel4d, length, n):
+    """FrameAST.get_intermediate_layers(scene=True): per block sum(tokens) / (n_tokens + 1e-6), concatenated."""
+    patch_length = (length - length % 4) // 4
+    if mel4d.shape[-1] < 4:  # a chunk of 1-3 frames has no token: the official sum is 0
+        return torch.zeros(mel4d.shape[0], n * enc.embed_dim)
+    outs = intermediate_layers(enc, mel4d, length, n)
+    valid = (torch.arange(outs[0].shape[1])[None, :] < patch_length[:, None]).float()[..., None]
+    return torch.cat([(o * valid).sum(1) / (patch_length[:, None] + 1e-6) for o in outs], dim=-1)
+
+
+def _official_frame_chunks(mel4d):
+    """embedding.py's chunks: 1001 frames, hard-coded, the last one truncated."""
+    total, chunk = mel4d.shape[-1], 1001
+    return [mel4d[..., i * chunk : min((i + 1) * chunk, total)] for i in range(total // chunk + 1) if i * chunk < total]
+
+
+def frame_official_timestamp_embedding(enc: ATSTEncoder, mel4d, n_blocks):
+    """get_timestamp_embedding: per 1001-frame chunk the last n blocks, tokens concatenated; timestamps 40 k ms."""
+    pieces = []
+    for chunk in _official_frame_chunks(mel4d):
+        width = torch.tensor([chunk.shape[-1]]).expand(chunk.shape[0])
+        if chunk.shape[-1] >= 4:
+            pieces.append(torch.cat(intermediate_layers(enc, chunk, width, n_blocks), dim=-1))
+    emb = torch.cat(pieces, dim=1)
+    return emb, (torch.arange(emb.shape[1]) * 40).float()[None].expand(emb.shape[0], -1)
+
+
+def frame_official_scene_embedding(enc: ATSTEncoder, mel4d):
+    """get_scene_embedding: all 12 blocks' token means per chunk, chunks averaged with equal weight."""
+    chunks = _official_frame_chunks(mel4d)
+    vectors = [frame_scene_means(enc, c, torch.tensor([c.shape[-1]]).expand(c.shape[0]), enc.depth) for c in chunks]
+    return torch.stack(vectors).mean(0)
+
+
+def frame_linear_eval(enc: ATSTEncoder, mel4d, length, n, chunk_len=1001):
+    """atstframe/downstream/model.py forward: cur_len clipped to the chunk, the half-chunk rule, padded batch."""
+    total = mel4d.shape[-1]
+    outputs, marks = [], []
+    for i in range(total // chunk_len + 1):
+        cur_len = torch.clip(length - i * chunk_len, 0, chunk_len)
+        mark = cur_len > 0 if i == 0 else cur_len > chunk_len // 2
+        start, end = i * chunk_len, min((i + 1) * chunk_len, total)
+        if end > start + 20:
+            outputs.append(frame_scene_means(enc, mel4d[..., start:end], cur_len, n))
+            marks.append(mark)
+    m = torch.stack(marks).float()[..., None]
+    return (torch.stack(outputs) * m).sum(0) / m.sum(0)
 
 
 class OfficialMixup:

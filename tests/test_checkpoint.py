@@ -110,16 +110,12 @@ def test_frame_lightning_layout(frame_small_ckpt):
     assert_encoder_equals(frame_small_ckpt, encoder_weights(frame_small_ckpt))
 
 
-def test_frame_finetuned_sed_layout(frame_small_ckpt, tmp_path):
+def test_frame_finetuned_sed_layout(frame_small_ckpt, sed_ckpt):
     """ATST-SED's atst_as2M.ckpt: state_dict['encoder.encoder.*'] + head.*, no config."""
-    weights = encoder_weights(frame_small_ckpt)
-    state = {"encoder.encoder." + k: v for k, v in weights.items()}
-    state |= {"head.weight": torch.zeros(527, 384), "head.bias": torch.zeros(527)}
-    torch.save({"state_dict": state, "epoch": 9}, tmp_path / "atst_as2M.ckpt")
-    info = inspect_checkpoint(tmp_path / "atst_as2M.ckpt")
+    info = inspect_checkpoint(sed_ckpt)
     assert (info.spec.family, info.spec.layout, info.spec.crop_seconds) == ("frame", "finetuned", 10.0)
     assert any("head.* (2 tensors" in c and "527 outputs" in c for c in info.contents)
-    assert_encoder_equals(tmp_path / "atst_as2M.ckpt", weights)
+    assert_encoder_equals(sed_ckpt, encoder_weights(frame_small_ckpt))
 
 
 def test_clip_finetuned_layout(parity_weights, tmp_path):
@@ -365,7 +361,9 @@ def _fairseq_config(**values):
     except ImportError:
         import types
 
-        module = sys.modules.setdefault("omegaconf.dictconfig", types.ModuleType("omegaconf.dictconfig"))
+        for name in ("omegaconf", "omegaconf.dictconfig"):  # pickle imports the module path: parents too
+            sys.modules.setdefault(name, types.ModuleType(name))
+        module = sys.modules["omegaconf.dictconfig"]
         if not hasattr(module, "DictConfig"):
             module.DictConfig = type("DictConfig", (dict,), {"__module__": "omegaconf.dictconfig"})
         return module.DictConfig(values)

@@ -18,6 +18,8 @@ import atst_upstream
 STEPS = 24
 RUNNER = ["-o"]
 
+pytestmark = pytest.mark.s3prl
+
 
 def _runner_settings(task: str, data: dict[str, Path], steps: int = STEPS) -> str:
     datarc = "config.downstream_expert.datarc"

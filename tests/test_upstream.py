@@ -86,6 +86,7 @@ def test_bad_waveforms(tiny_expert):
         tiny_expert([torch.zeros(16000), torch.zeros(100)])
 
 
+@pytest.mark.s3prl
 def test_hub_registration_makes_atst_resolvable(tiny_ckpt):
     from s3prl import hub
 

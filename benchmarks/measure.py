@@ -1,0 +1,37 @@
+"""What the benchmarks share: the machine they ran on, and a process's own peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image in MB.
+
+    ``VmHWM`` (Linux) rather than ``getrusage().ru_maxrss``: the latter survives fork and exec,
+    so a process started by a large parent (a test runner holding checkpoints) reports the
+    parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    """CPU model, cores, Python and torch versions, for the header of a figure."""
+    import torch
+
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), "?")
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
