@@ -1,12 +1,13 @@
-"""s3prl upstream expert for ATST-Clip (``-u atst -k model.ckpt``).
+"""s3prl upstream expert for ATST-Clip and ATST-Frame (``-u atst -k model.ckpt``).
 
 Follows s3prl 0.4.18's contract: ``forward`` takes a list of unpadded 1-D 16 kHz waveforms
 and returns ``hidden_states``, the output of every transformer block through the final
-norm (CLS removed), each ``(B, T, D)`` at one frame per 40 ms token (downsample rate 640).
-Each clip's mel is computed at its own length and padded in the mel domain, with padded
-keys masked, so a clip's features do not depend on its batch; clips longer than the
-checkpoint's ``train_len`` are processed in ``train_len`` chunks on the token grid.
-Padded frames (beyond a clip's own tokens) are zeros.
+norm (Clip: ``norm``, CLS removed; Frame: ``norm_frame``), each ``(B, T, D)`` at one frame
+per 40 ms token (downsample rate 640). Each clip's mel is computed at its own length and
+padded in the mel domain, with padded keys masked, so a clip's features do not depend on its
+batch; clips longer than the checkpoint's crop length (Clip ``train_len`` 6 s, Frame
+``anchor_len`` 10 s) are processed in chunks of that length on the token grid. Padded frames
+(beyond a clip's own tokens) are zeros.
 """
 
 from __future__ import annotations
@@ -21,18 +22,27 @@ DOWNSAMPLE_RATE = PATCH_FRAMES * HOP_LENGTH  # 640 samples = 40 ms
 
 
 class UpstreamExpert(nn.Module):
-    """ATST-Clip encoder as an s3prl upstream; ``ckpt`` is any checkpoint ``pretrain`` reads.
+    """An ATST encoder as an s3prl upstream; ``ckpt`` is any checkpoint ``pretrain`` reads.
 
-    ``model_config`` (s3prl ``-g``) is accepted and ignored: the architecture is in the
-    checkpoint. Other keywords s3prl passes (``refresh``) are ignored too.
+    ``family`` ("clip" / "frame"), when given, must match the checkpoint's. ``model_config``
+    (s3prl ``-g``) is accepted and ignored: the architecture is in the checkpoint. Other
+    keywords s3prl passes (``refresh``) are ignored too.
     """
 
-    def __init__(self, ckpt: str | None = None, model_config: str | None = None, **kwds) -> None:
+    def __init__(
+        self, ckpt: str | None = None, model_config: str | None = None, *, family: str | None = None, **kwds
+    ) -> None:
         super().__init__()
         if not ckpt:
             raise ValueError("the atst upstream needs a checkpoint: pass -k /path/to/model.ckpt")
         self.extractor = ATSTFeatureExtractor.from_checkpoint(ckpt)
-        self.name = "[ATST UpstreamExpert]"
+        found = self.extractor.family
+        if family is not None and found != family:
+            raise ValueError(
+                f"-u atst_{family} needs an ATST-{family.capitalize()} checkpoint, but {ckpt} holds "
+                f"ATST-{found.capitalize()}; use -u atst (either family) or -u atst_{found}"
+            )
+        self.name = f"[ATST-{found.capitalize()} UpstreamExpert]"
 
     def get_downsample_rates(self, key: str) -> int:
         return DOWNSAMPLE_RATE

@@ -176,7 +176,9 @@ def _validator(ckpt: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("layout", ["tiny_ckpt", "lightning_small_ckpt", "dino_base_ckpt"])
+@pytest.mark.parametrize(
+    "layout", ["tiny_ckpt", "lightning_small_ckpt", "dino_base_ckpt", "frame_small_ckpt", "frame_base_ckpt", "sed_ckpt"]
+)
 def test_real_hear_validator(layout, request):
     result = _validator(request.getfixturevalue(layout))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -31,33 +31,44 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+# scene embedding size of the tiny encoders (4 blocks, D = 192): Clip has CLS and mean per block, Frame the mean
+SCENE_SIZE = {"clip": 2 * 4 * 192, "frame": 4 * 192}
+
+
+@pytest.fixture(scope="module", params=["clip", "frame"])
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def embeddings(workdir, tiny_ckpt) -> Path:
-    """The unmodified heareval embeddings runner over both tasks."""
+def embeddings(workdir, family, request) -> Path:
+    """The unmodified heareval embeddings runner over both tasks, with a tiny checkpoint of the family."""
+    ckpt = request.getfixturevalue("tiny_ckpt" if family == "clip" else "tiny_frame_ckpt")
     run(
         [
             "-m",
             "heareval.embeddings.runner",
             "atst_hear",
             "--model",
-            str(tiny_ckpt),
+            str(ckpt),
             "--tasks-dir",
             "tasks",
             "--embeddings-dir",
-            "embeddings",
+            f"embeddings_{family}",
         ],
         workdir,
     )
-    return workdir / "embeddings" / "atst_hear"
+    return workdir / f"embeddings_{family}" / "atst_hear"
 
 
-def test_scene_embeddings_written(embeddings):
+def test_scene_embeddings_written(embeddings, family):
     task = embeddings / "synth_scene"
+    size = SCENE_SIZE[family]
     for split, n in (("train", 24), ("valid", 12), ("test", 12)):
-        assert json.loads((task / f"{split}.embedding-dimensions.json").read_text()) == [n, 2 * 4 * 192]
+        assert json.loads((task / f"{split}.embedding-dimensions.json").read_text()) == [n, size]
         # heareval writes a raw float32 memmap beside its dimensions file
-        emb = np.memmap(task / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=(n, 2 * 4 * 192))
-        assert emb.shape == (n, 2 * 4 * 192) and np.isfinite(emb).all()
+        emb = np.memmap(task / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=(n, size))
+        assert emb.shape == (n, size) and np.isfinite(emb).all()
     assert (task / ".done.embeddings").exists()
 
 
@@ -71,7 +82,8 @@ def test_event_embeddings_written_on_40ms_grid(embeddings):
 
 
 def test_scene_predictions_above_chance(embeddings, workdir):
-    """The unmodified predictions runner: four classes, chance is 0.25. On torch >= 2.6 it needs
+    """The unmodified predictions runner, selecting on validation among four grid points: four
+    classes, chance is 0.25. On torch >= 2.6 it needs
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to reload its own checkpoints (what the README tells users,
     and what atst_hear.run_heareval sets)."""
     run(
@@ -82,7 +94,7 @@ def test_scene_predictions_above_chance(embeddings, workdir):
             "--grid",
             "faster",
             "--grid-points",
-            "1",
+            "4",  # the first of heareval's faster grid (lr 1e-4, 10 steps) barely trains
         ],
         workdir,
         TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",

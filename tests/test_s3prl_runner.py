@@ -105,6 +105,25 @@ def test_train_then_evaluate(task, finetune, tiny_ckpt, ks_data, tmp_path):
     assert 0.0 <= accuracy <= 1.0
 
 
+@pytest.mark.parametrize(
+    "upstream,finetune", [("atst", False), ("atst_frame", True)], ids=["atst-frozen", "atst_frame-f"]
+)
+def test_frame_checkpoint_trains_keyword_spotting(upstream, finetune, tiny_frame_ckpt, ks_data, tmp_path):
+    """An ATST-Frame file through the same upstream: -u atst reads the family from the file."""
+    name = f"ks_frame_{upstream}"
+    args = ["-m", "train", "-u", upstream, "-k", str(tiny_frame_ckpt), "-d", "speech_commands", "-n", name]
+    run_launcher(args + (["-f"] if finetune else []) + ["-o", _runner_settings("speech_commands", ks_data)], tmp_path)
+    expdir = tmp_path / "result" / "downstream" / name
+    log = (expdir / "log.log").read_text()
+    assert f"test at step {STEPS}:" in log
+    saved = torch.load(expdir / f"states-{STEPS}.ckpt", map_location="cpu", weights_only=False)
+    if finetune:  # the Frame encoder (norm_frame, no CLS) was trained and saved with the downstream model
+        assert "extractor.encoder.norm_frame.weight" in saved["Upstream"]
+        assert "extractor.encoder.cls_token" not in saved["Upstream"]
+    else:
+        assert "Upstream" not in saved
+
+
 def test_scene_classes_are_learned_above_chance(tiny_ckpt, ks_data, tmp_path):
     """Frozen tiny encoder + s3prl's linear head separate the four synthetic keywords."""
     args = train_args(tiny_ckpt, "speech_commands", "ks_acc", _runner_settings("speech_commands", ks_data, steps=60))

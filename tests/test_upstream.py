@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from conftest import FIXTURES, rel_err
 
 from atst_upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
-from atst_upstream.hubconf import atst, atst_local
+from atst_upstream.hubconf import atst, atst_clip, atst_frame, atst_local
 from atst_upstream.run_downstream import register, s3prl_argv
 from pretrain import AudioInputError
 
 
-@pytest.fixture(scope="module")
-def tiny_expert(tiny_ckpt):
-    return UpstreamExpert(str(tiny_ckpt)).eval()
+@pytest.fixture(scope="module", params=["clip", "frame"])
+def tiny_expert(request):
+    ckpt = request.getfixturevalue("tiny_ckpt" if request.param == "clip" else "tiny_frame_ckpt")
+    return UpstreamExpert(str(ckpt)).eval()
 
 
 def test_hidden_states_match_parity_fixture(lightning_small_ckpt, parity_fixture):
@@ -27,6 +29,26 @@ def test_hidden_states_match_parity_fixture(lightning_small_ckpt, parity_fixture
     assert len(hidden) == 12 and all(h.shape == (2, 82, 384) for h in hidden)
     assert rel_err(torch.stack(hidden).numpy(), parity_fixture["layers_3.3s"][:, :, 1:]) < 1e-4
     assert expert.get_downsample_rates("hidden_states") == 640
+
+
+def test_frame_hidden_states_match_parity_fixture(frame_small_ckpt):
+    """ATST-Frame: the 12 norm_frame outputs of the official code (fixture), per layer (B, T, D)."""
+    data = np.load(FIXTURES / "public_parity_frame_small_seed43.npz")
+    expert = atst(str(frame_small_ckpt)).eval()
+    with torch.no_grad():
+        hidden = expert(list(torch.from_numpy(data["audio_2.5s"])))["hidden_states"]
+    assert len(hidden) == 12 and all(h.shape == (2, 62, 384) for h in hidden)
+    expected = data["tokens12_2.5s"].reshape(2, 62, 12, 384).transpose(2, 0, 1, 3)
+    assert rel_err(torch.stack(hidden).numpy(), expected) < 1e-4
+
+
+def test_family_aliases(tiny_ckpt, tiny_frame_ckpt):
+    assert atst_frame(str(tiny_frame_ckpt)).extractor.family == "frame"
+    assert atst_clip(str(tiny_ckpt)).extractor.family == "clip"
+    with pytest.raises(ValueError, match="atst_frame needs an ATST-Frame checkpoint.*-u atst_clip"):
+        atst_frame(str(tiny_ckpt))
+    with pytest.raises(ValueError, match="atst_clip needs an ATST-Clip checkpoint"):
+        atst_clip(str(tiny_frame_ckpt))
 
 
 SECONDS = [0.1, 0.25, 0.5, 1.0, 1.37, 2.0, 3.9, 6.0, 6.04, 9.99, 10.01, 17.3, 30.0]
@@ -90,7 +112,7 @@ def test_bad_waveforms(tiny_expert):
 def test_hub_registration_makes_atst_resolvable(tiny_ckpt):
     from s3prl import hub
 
-    assert register(hub) == ["atst", "atst_local"]
+    assert register(hub) == ["atst", "atst_clip", "atst_frame", "atst_local"]
     assert "atst" in hub.options() and "atst" in dir(hub)
     model = hub.atst(ckpt=str(tiny_ckpt), model_config=None, refresh=False)
     assert isinstance(model, UpstreamExpert)
