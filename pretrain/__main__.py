@@ -1,6 +1,7 @@
 """Command line: ``python -m pretrain COMMAND ...`` (also the ``atst-pretrain`` console script).
 
-train    run or resume ATST-Clip pretraining (presets small / base / tiny, YAML, flags)
+train    run or resume pretraining: ATST-Clip (presets small / base / tiny) or ATST-Frame
+         (--method frame: frame-small / frame-base / frame-tiny), YAML, flags
 check    scan a dataset and report unreadable, empty, short or silent files
 plot     draw a run's curves to a PNG
 export   write a checkpoint's teacher encoder alone as safetensors
@@ -71,10 +72,10 @@ def _train(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from pretrain.training.data import scan_dataset
 
-    report = scan_dataset(args.data, train_len=args.train_len)
+    report = scan_dataset(args.data, crop_seconds=args.crop_seconds)
     print(f"{args.data}: {report.files} files, {report.readable} readable, {report.seconds / 3600:.2f} h")
     print(f"sample rates (resampled to 16 kHz): {dict(sorted(report.sample_rates.items()))}")
-    print(f"shorter than {args.train_len} s (zero-padded): {report.shorter_than_crop}; silent: {report.silent}")
+    print(f"shorter than {args.crop_seconds} s (zero-padded): {report.shorter_than_crop}; silent: {report.silent}")
     for problem in report.problems:
         print(f"PROBLEM {problem}")
     print(f"{len(report.problems)} files will be skipped")
@@ -109,8 +110,9 @@ def _demo(args: argparse.Namespace) -> None:
     corpus = out / "synthetic_corpus"
     print(f"== 1/4 synthetic corpus (labelled synthetic: tones, chirps, noise bursts, clicks) in {corpus}")
     clips = make_corpus(corpus, n_clips=args.clips, seed=0)
-    print(f"== 2/4 tiny ATST pretraining on the CPU ({args.steps} steps)")
-    flags = ["--preset", "tiny", "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
+    preset = {"clip": "tiny", "frame": "frame-tiny"}[args.method]
+    print(f"== 2/4 tiny ATST-{args.method.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
+    flags = ["--preset", preset, "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
     final = train(run_config.from_arguments(_parser().parse_args(["train", *flags])))
     from pretrain.training.plot import plot_run
 
@@ -137,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
     p = sub.add_parser("check", help="scan a dataset for problems")
     p.add_argument("data")
-    p.add_argument("--train-len", type=float, default=6.0)
+    p.add_argument("--crop-seconds", "--train-len", type=float, default=6.0, help="the crop length of the run")
     p.set_defaults(run=_check)
     p = sub.add_parser("plot", help="plot a run's curves")
     p.add_argument("run_dir", type=Path)
@@ -153,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_synth)
     p = sub.add_parser("demo", help="synthetic corpus, tiny pretraining, hear-validator, embeddings")
+    p.add_argument("--method", choices=sorted(FAMILIES), default="clip", help="ATST-Clip or ATST-Frame")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--clips", type=int, default=96)
     p.add_argument("--steps", type=int, default=120)

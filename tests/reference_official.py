@@ -110,7 +110,7 @@ def layer_features_chunks(enc: ATSTEncoder, mel4d, length, n, chunk_tokens):
         chunk = mel4d[:, :, :, start * 4 : start * 4 + frames]
         cur_len = torch.clip(length - start * 4, 0)
         outs = intermediate_layers(enc, chunk, cur_len, n)
-        pieces.append(torch.stack(outs)[:, :, 1:])
+        pieces.append(torch.stack(outs)[:, :, enc.n_prefix :])
     return torch.cat(pieces, dim=2)
 
 
@@ -164,6 +164,27 @@ def frame_linear_eval(enc: ATSTEncoder, mel4d, length, n, chunk_len=1001):
             marks.append(mark)
     m = torch.stack(marks).float()[..., None]
     return (torch.stack(outputs) * m).sum(0) / m.sum(0)
+
+
+def official_span_mask(n_tokens: int, mask_prob=0.65, mask_length=5, min_masks=2, rng=np.random) -> np.ndarray:
+    """fairseq compute_mask_indices((1, n_tokens), mask_type="static", no_overlap=False, min_space=0),
+    as atstframe/random_mask.get_mask calls it: one clip's boolean mask."""
+    num_mask = max(min_masks, int(mask_prob * n_tokens / float(mask_length) + rng.random()))
+    lengths = np.full(num_mask, mask_length)
+    min_len = min(lengths)
+    if n_tokens - min_len <= num_mask:
+        min_len = n_tokens - num_mask - 1
+    starts = rng.choice(n_tokens - min_len, num_mask, replace=False)
+    idx = np.asarray([starts[j] + offset for j in range(len(starts)) for offset in range(lengths[j])])
+    mask = np.zeros(n_tokens, dtype=bool)
+    mask[np.unique(idx[idx < n_tokens])] = True
+    return mask
+
+
+def official_frame_views(mel, mixup, mask_prob=0.65, mask_length=5):
+    """atstframe FrameATSTTrainTransform on one (1, 64, T) crop mel: (teacher view, student view, mask)."""
+    student = official_random_resize_crop(mixup(mel), virtual_crop_scale=(1.0, 1.0), time_scale=(1.0, 1.0))
+    return mel, student, official_span_mask(mel.shape[-1] // 4, mask_prob, mask_length)
 
 
 class OfficialMixup:

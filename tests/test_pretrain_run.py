@@ -31,14 +31,18 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+PRESET = {"clip": "tiny", "frame": "frame-tiny"}
+WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip CLS + mean, Frame mean
+
+
+def train_command(corpus: Path, run_dir: Path, *extra: str, method: str = "clip") -> list[str]:
     return [
         sys.executable,
         "-m",
         "pretrain",
         "train",
         "--preset",
-        "tiny",
+        PRESET[method],
         "--data",
         str(corpus),
         "--run-dir",
@@ -49,8 +53,9 @@ def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_training(corpus: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(corpus, run_dir, *extra), capture_output=True, text=True, env=ENV)
+def run_training(corpus: Path, run_dir: Path, *extra: str, method: str = "clip") -> subprocess.CompletedProcess:
+    command = train_command(corpus, run_dir, *extra, method=method)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -61,12 +66,19 @@ def metrics(run_dir: Path) -> dict[str, dict[int, float]]:
     return read_metrics(run_dir)
 
 
+@pytest.fixture(scope="module", params=["clip", "frame"])
+def method(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def short_run(corpus, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run") / "short"
+def short_run(corpus, method, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / f"short_{method}"
     run_training(
         corpus,
         run_dir,
+        "--drop-path",
+        "0.1",  # the official rate, exercised here (the tiny presets use none)
         "--max-steps",
         "40",
         "--batch-size",
@@ -77,11 +89,12 @@ def short_run(corpus, tmp_path_factory) -> Path:
         "20",
         "--log-every",
         "2",
+        method=method,
     )
     return run_dir
 
 
-def test_run_writes_checkpoints_logs_and_export(short_run):
+def test_run_writes_checkpoints_logs_and_export(short_run, method):
     ckpts = short_run / "checkpoints"
     assert {"last.ckpt", "final.ckpt", "step0000020.ckpt", "step0000040.ckpt"} <= {p.name for p in ckpts.iterdir()}
     assert list((short_run / "tensorboard").rglob("events.out.tfevents.*"))
@@ -89,7 +102,10 @@ def test_run_writes_checkpoints_logs_and_export(short_run):
     assert final["global_step"] == 40
     assert final["hyper_parameters"]["format"] == "atst-pretrain"
     encoder, spec = load_encoder(short_run / "atst_teacher.safetensors")
-    assert (spec.embed_dim, spec.depth, spec.crop_seconds) == (192, 4, 2.0)
+    crop = {"clip": 2.0, "frame": 4.0}[method]
+    assert (spec.family, spec.embed_dim, spec.depth, spec.crop_seconds) == (method, 192, 4, crop)
+    official_crop_key = {"clip": "train_len", "frame": "anchor_len"}[method]
+    assert final["hyper_parameters"][official_crop_key] == crop
     weights = final["state_dict"]
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, weights["model.teacher.encoder." + key])
@@ -113,10 +129,10 @@ def test_schedules_at_chosen_steps(short_run):
     assert series["train/ema"][39] > series["train/ema"][1] >= 0.99
 
 
-def test_teacher_follows_student_by_ema(short_run):
+def test_teacher_follows_student_by_ema(short_run, method):
     weights = read_checkpoint(short_run / "checkpoints" / "final.ckpt")["state_dict"]
     torch.manual_seed(0)  # the run's seed: the encoder both branches started from
-    initial = ATSTEncoder.from_arch("tiny").state_dict()
+    initial = ATSTEncoder.from_arch("tiny", family=method).state_dict()
     key = "blocks.2.mlp.fc1.weight"
     teacher, student = weights["model.teacher.encoder." + key], weights["model.student.encoder." + key]
     assert not torch.equal(teacher, initial[key])  # the teacher moved
@@ -132,12 +148,26 @@ def test_loss_falls_and_outputs_do_not_collapse(short_run):
     assert min(series["train/std_teacher"].values()) > 0.01
 
 
-def test_checkpoint_works_in_hear_and_plot(short_run):
-    model = atst_hear.load_model(str(short_run / "checkpoints" / "final.ckpt"))
+def test_checkpoint_works_in_hear_validator_and_plot(short_run, method):
+    final = short_run / "checkpoints" / "final.ckpt"
+    model = atst_hear.load_model(str(final))
     emb = atst_hear.get_scene_embeddings(0.1 * torch.randn(2, 32000), model)
-    assert emb.shape == (2, 2 * 4 * 192) and torch.isfinite(emb).all()
+    assert model.family == method and emb.shape == (2, WIDTH[method]) and torch.isfinite(emb).all()
+    validator = Path(sys.executable).parent / "hear-validator"
+    result = subprocess.run(
+        [str(validator), "atst_hear", "-m", str(final), "-d", "cpu"], capture_output=True, text=True, env=ENV
+    )
+    assert result.returncode == 0 and "Looks good!" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     out = subprocess.run([sys.executable, "-m", "pretrain", "plot", str(short_run)], capture_output=True, text=True)
     assert out.returncode == 0 and (short_run / "curves.png").stat().st_size > 10_000
+
+
+def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
+    if method != "frame":
+        assert "train/mask_fraction" not in metrics(short_run)
+        return
+    fractions = list(metrics(short_run)["train/mask_fraction"].values())
+    assert 0.4 < sum(fractions) / len(fractions) < 0.6  # spans of 5 at 0.65 mask about half, not 65 %
 
 
 def _order(run_dir: Path) -> dict[int, list[str]]:
@@ -149,7 +179,8 @@ def _order(run_dir: Path) -> dict[int, list[str]]:
     return order
 
 
-def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
+@pytest.mark.parametrize("method", ["clip", "frame"])
+def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path, method):
     flags = [
         "--max-steps",
         "12",
@@ -164,11 +195,14 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
         "--log-data-order",
         "true",
     ]
-    run_training(corpus, tmp_path / "straight", *flags)
+    run_training(corpus, tmp_path / "straight", *flags, method=method)
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
-        train_command(corpus, interrupted, *flags), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+        train_command(corpus, interrupted, *flags, method=method),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
     )
     step8 = interrupted / "checkpoints" / "step0000008.ckpt"
     deadline = time.time() + 300
@@ -184,7 +218,7 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
     before = read_checkpoint(last)["global_step"]
     assert 8 <= before < 12
 
-    result = run_training(corpus, interrupted, *flags)  # --resume auto: continues from last.ckpt
+    result = run_training(corpus, interrupted, *flags, method=method)  # --resume auto: continues from last.ckpt
     assert "resuming from" in result.stderr
     finals = [read_checkpoint(d / "checkpoints" / "final.ckpt") for d in (tmp_path / "straight", interrupted)]
     assert finals[0]["global_step"] == finals[1]["global_step"] == 12
@@ -193,9 +227,12 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
     for step in range(12):
         assert resumed["train/lr"][step] == straight["train/lr"][step]
         assert resumed["train/ema"][step] == straight["train/ema"][step]
+        if method == "frame":  # the masks are functions of the seed and the step too
+            assert resumed["train/mask_fraction"][step] == straight["train/mask_fraction"][step]
 
 
-def test_two_process_ddp_on_cpu(corpus, tmp_path):
+@pytest.mark.parametrize("method", ["clip", "frame"])
+def test_two_process_ddp_on_cpu(corpus, tmp_path, method):
     run_dir = tmp_path / "ddp"
     run_training(
         corpus,
@@ -214,13 +251,14 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path):
         "2",
         "--strategy",
         "ddp",
+        method=method,
     )
     final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == 6 and final["hyper_parameters"]["world_size"] == 2
     lr = metrics(run_dir)["train/lr"]
     assert lr[1] == pytest.approx(learning_rate(1, peak=4e-3 * 4 * 2 / 256, total_steps=6, warmup_steps=2), rel=1e-5)
     model = atst_hear.load_model(str(run_dir / "checkpoints" / "final.ckpt"))
-    assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, 1536)
+    assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, WIDTH[method])
 
 
 def test_check_command_reports_the_corrupt_file(corpus):

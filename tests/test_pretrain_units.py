@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.training import config as run_config
 from pretrain.training.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
-from pretrain.training.data import StepSampler, TwoCropDataset, collate_crops, list_audio, read_crops, scan_dataset
+from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio, read_crops, scan_dataset
 from pretrain.training.schedules import cosine_schedule
 from pretrain.training.teacher_student import TeacherStudent
 
@@ -105,7 +105,7 @@ def test_two_crops_resample_pad_and_skip(tmp_path):
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     files = list_audio(tmp_path)
     assert [f.name for f in files] == ["a.wav", "broken.wav", "short.flac"]
-    ds = TwoCropDataset(files, train_len=2.0)
+    ds = CropDataset(files, crop_seconds=2.0)
     from pretrain.training.data import SampleKey
 
     crops, _ = ds[SampleKey(0, 1)]
@@ -124,7 +124,7 @@ def test_manifest_and_scan(tmp_path):
     (tmp_path / "bad.ogg").write_bytes(b"OggS not really")
     (tmp_path / "list.tsv").write_text("path\tduration\nx.wav\t1.0\nsilent.wav\t0.7\nbad.ogg\t1\n")
     assert [p.name for p in list_audio(tmp_path / "list.tsv")] == ["x.wav", "silent.wav", "bad.ogg"]
-    report = scan_dataset(tmp_path / "list.tsv", train_len=6.0, progress=False)
+    report = scan_dataset(tmp_path / "list.tsv", crop_seconds=6.0, progress=False)
     assert (report.files, report.readable, report.silent, report.shorter_than_crop) == (3, 2, 1, 2)
     assert report.sample_rates == {16000: 1, 22050: 1} and "bad.ogg" in report.problems[0]
 
@@ -170,3 +170,136 @@ def test_config_preset_yaml_and_flags(tmp_path):
         run_config.from_arguments(parser.parse_args(["--config", str(tmp_path / "bad.yaml")]))
     with pytest.raises(ValueError, match="warmup"):
         run_config.from_arguments(parser.parse_args(["--max-steps", "100"]))
+
+
+# --- ATST-Frame: masking, views, loss, schedules ---------------------------------------------------
+
+
+def _mask_statistics(masks: np.ndarray) -> dict[str, float]:
+    runs = []
+    for row in masks:
+        edges = np.diff(np.concatenate([[0], row.astype(int), [0]]))
+        runs += list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+    return {
+        "fraction": float(masks.mean()),
+        "shortest run": float(min(runs)),
+        "mean run": float(np.mean(runs)),
+        "last token": float(masks[:, -1].mean()),
+        "first token": float(masks[:, 0].mean()),
+    }
+
+
+def test_span_masks_match_the_official_sampler_statistically():
+    """Over 4000 clips of 250 tokens: the realised fraction (about 0.5, not 0.65), span runs of at
+    least 5, the never-masked last token and the first token's rate all agree with fairseq's
+    compute_mask_indices as the official recipe calls it."""
+    from reference_official import official_span_mask
+
+    from pretrain.training.views import span_masks
+
+    g = torch.Generator().manual_seed(0)
+    ours = span_masks(4000, 250, mask_prob=0.65, mask_span=5, min_spans=2, generator=g).numpy()
+    rng = np.random.default_rng(0)
+    official = np.stack([official_span_mask(250, rng=rng) for _ in range(4000)])
+    a, b = _mask_statistics(ours), _mask_statistics(official)
+    assert a["shortest run"] == b["shortest run"] == 5
+    assert a["last token"] == b["last token"] == 0  # starts < n - 5: the last token is never masked
+    assert abs(a["fraction"] - b["fraction"]) < 0.005 and 0.45 < a["fraction"] < 0.55
+    assert abs(a["mean run"] - b["mean run"]) < 0.3
+    assert abs(a["first token"] - b["first token"]) < 0.03
+    spans = span_masks(500, 20, mask_prob=0.05, mask_span=5, min_spans=2, generator=g)
+    assert int(spans.sum(1).min()) >= 5  # min_spans = 2 spans may overlap but cover at least one span
+
+
+def test_frame_views_keep_the_time_axis_and_share_one_mask():
+    from pretrain.training.config import PRESETS, PretrainConfig
+    from pretrain.training.views import FrameViews
+
+    views = FrameViews(PretrainConfig(**PRESETS["frame-tiny"]))
+    # frames stay aligned: changing input frame t changes output frame t only, for every crop drawn
+    x = torch.randn(64, 64, 401)
+    changed = x.clone()
+    changed[:, :, 123] += 3.0
+    y = views.crop(x, torch.Generator().manual_seed(5))
+    y_changed = views.crop(changed, torch.Generator().manual_seed(5))
+    moved = (y_changed - y).abs().amax(dim=(0, 1)) > 0
+    assert moved.nonzero().flatten().tolist() == [123]
+    # the chain: the teacher-side view is the mel itself, the other one is augmented, one mask per clip
+    g = torch.Generator().manual_seed(0)
+    mels = torch.randn(3, 1, 64, 401)
+    for _ in range(2):  # the second call mixes with the bank
+        mel, augmented, masks = views(mels, g)
+    assert torch.equal(mel, mels[:, 0]) and not torch.allclose(augmented, mel)
+    assert masks.shape == (3, 100) and masks.dtype == torch.bool
+
+
+def test_frame_loss_reads_masked_tokens_only_and_the_teacher_sees_unmasked_input():
+    from pretrain.training.teacher_student import TeacherStudent
+    from pretrain.training.views import span_masks
+
+    torch.manual_seed(0)
+    model = TeacherStudent(ATSTEncoder(family="frame", embed_dim=64, depth=2, num_heads=2)).eval()
+    view_a, view_b = torch.randn(4, 64, 200), torch.randn(4, 64, 200)
+    masks = span_masks(4, 50, mask_prob=0.65, mask_span=5, min_spans=2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = model(view_a, view_b, masks)[0]
+        # 1. the encoder outputs at unmasked tokens do not reach the loss: perturb them hard
+        handle = model.student.encoder.final_norm.register_forward_hook(
+            lambda module, args, out: out + 100.0 * (~torch.cat([masks, masks]))[..., None]
+        )
+        perturbed = model(view_a, view_b, masks)[0]
+        handle.remove()
+        assert torch.equal(loss, perturbed)
+        # 2. frames of masked tokens: replaced by mask_embed for the student, seen by the teacher
+        frames = masks.repeat_interleave(4, dim=1)[:, None, :].expand(-1, 64, -1)
+        changed = torch.where(frames, view_a + 5.0, view_a)
+        both, both_changed = torch.cat([view_a, view_b]), torch.cat([changed, view_b])
+        m2 = torch.cat([masks, masks])
+        student, teacher = model.student, model.teacher
+        assert torch.equal(student(both, m2, masked_input=True), student(both_changed, m2, masked_input=True))
+        assert not torch.allclose(teacher(both, m2, masked_input=False), teacher(both_changed, m2, masked_input=False))
+
+
+def test_frame_presets_reproduce_the_official_settings_and_schedules():
+    """atstframe/train_small.sh and train_base.sh, and the official NumPy schedules at chosen steps."""
+    from pretrain.training.config import PRESETS, PretrainConfig
+    from pretrain.training.lightning_module import ATSTPretraining
+
+    official = {
+        "frame-small": {"batch": 256, "nproc": 4, "lr": 4e-4, "warmup": 1950, "steps": 58500, "ema": 0.997},
+        "frame-base": {"batch": 144, "nproc": 7, "lr": 8e-5, "warmup": 19900, "steps": 398000, "ema": 0.9996},
+    }
+    for preset, o in official.items():
+        config = PretrainConfig(**{**PRESETS[preset], "arch": "tiny"})  # the schedules do not depend on the width
+        assert (config.method, config.crop_seconds, config.batch_size) == ("frame", 10.0, o["batch"])
+        assert (config.mask_prob, config.mask_span, config.min_spans) == (0.65, 5, 2)
+        module = ATSTPretraining(config.to_dict(), world_size=o["nproc"])
+        lr = official_schedule(o["lr"] * o["nproc"] * o["batch"] / 256, 1e-6, o["steps"], o["warmup"])
+        wd = official_schedule(0.04, 0.4, o["steps"])
+        ema = official_schedule(o["ema"], 1.0, o["steps"])
+        for step in (0, 1, o["warmup"] // 2, o["warmup"] - 1, o["warmup"], o["steps"] // 2, o["steps"] - 1):
+            assert module.lr_at(step) == pytest.approx(lr[step], rel=1e-12, abs=1e-15)
+            assert module.wd_at(step) == pytest.approx(wd[step], rel=1e-12)
+            assert module.ema_at(step) == pytest.approx(ema[step], rel=1e-12)
+        hparams = module.hparams
+        assert (hparams["anchor_len"], hparams["mask_ratio"], hparams["mask_len"], hparams["mask_type"]) == (
+            10.0,
+            0.65,
+            5,
+            "block",
+        )
+
+
+def test_parameter_groups_decay_pos_and_mask_embed_as_officially():
+    """get_params_groups: biases and 1-D tensors undecayed; pos_embed and mask_embed (3-D) decayed."""
+    from pretrain.training.config import PRESETS, PretrainConfig
+    from pretrain.training.lightning_module import ATSTPretraining
+
+    module = ATSTPretraining(PretrainConfig(**PRESETS["frame-tiny"]).to_dict())
+    decay, no_decay = (group["params"] for group in module.configure_optimizers().param_groups)
+    named = dict(module.model.student.named_parameters())
+    ids = {id(p) for p in decay}
+    assert id(named["encoder.pos_embed"]) in ids and id(named["encoder.mask_embed"]) in ids
+    assert id(named["encoder.blocks.0.norm1.weight"]) not in ids
+    assert id(named["encoder.blocks.0.mlp.fc1.bias"]) not in ids
+    assert len(decay) + len(no_decay) == sum(1 for p in named.values() if p.requires_grad)

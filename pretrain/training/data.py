@@ -1,5 +1,6 @@
-"""Audio collections for pretraining: two random crops per clip, a resumable sample order,
-and corrupt files skipped and counted instead of stopping the run."""
+"""Audio collections for pretraining: random crops per clip (two for ATST-Clip, one for
+ATST-Frame), a resumable sample order, and corrupt files skipped and counted instead of
+stopping the run."""
 
 from __future__ import annotations
 
@@ -78,18 +79,19 @@ def read_crops(path: Path, n_samples: int, *, n_crops: int = 2, seed: int = 0) -
 @dataclass(frozen=True)
 class SampleKey:
     index: int  # file index in the collection
-    seed: int  # seeds the two crop positions
+    seed: int  # seeds the crop positions
 
 
-class TwoCropDataset(Dataset):
-    """Two independent random crops of ``train_len`` seconds of one clip: ``(2, n)`` float32.
+class CropDataset(Dataset):
+    """``n_crops`` independent random crops of ``crop_seconds`` of one clip: ``(n_crops, n)`` float32.
 
     Shorter clips are zero-padded (as the official random crop). A file that cannot be read
     gives ``None`` (the collate function skips and counts it)."""
 
-    def __init__(self, files: list[Path], train_len: float) -> None:
+    def __init__(self, files: list[Path], crop_seconds: float, n_crops: int = 2) -> None:
         self.files = files
-        self.n_samples = int(train_len * SAMPLE_RATE)
+        self.n_samples = int(crop_seconds * SAMPLE_RATE)
+        self.n_crops = n_crops
 
     def __len__(self) -> int:
         return len(self.files)
@@ -97,7 +99,7 @@ class TwoCropDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, str] | tuple[None, str]:
         path = self.files[key.index]
         try:
-            return read_crops(path, self.n_samples, seed=key.seed), str(path)
+            return read_crops(path, self.n_samples, n_crops=self.n_crops, seed=key.seed), str(path)
         except AudioFileError as err:
             log.warning("skipping unreadable audio: %s", err)
             return None, str(path)
@@ -171,7 +173,7 @@ class ScanReport:
     problems: list[str] | None = None
 
 
-def scan_dataset(source: str | os.PathLike, *, train_len: float, progress: bool = True) -> ScanReport:
+def scan_dataset(source: str | os.PathLike, *, crop_seconds: float, progress: bool = True) -> ScanReport:
     """Read every file once: what a run will skip, pad or resample."""
     from tqdm import tqdm
 
@@ -194,6 +196,6 @@ def scan_dataset(source: str | os.PathLike, *, train_len: float, progress: bool 
         seconds = data.shape[0] / info.samplerate
         report.seconds += seconds
         report.sample_rates[info.samplerate] = report.sample_rates.get(info.samplerate, 0) + 1
-        report.shorter_than_crop += seconds < train_len
+        report.shorter_than_crop += seconds < crop_seconds
         report.silent += float(np.abs(data).max()) == 0.0
     return report

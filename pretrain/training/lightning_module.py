@@ -1,4 +1,4 @@
-"""ATST-Clip pretraining as a Lightning 2.x module."""
+"""ATST pretraining (both recipes) as a Lightning 2.x module."""
 
 from __future__ import annotations
 
@@ -14,44 +14,65 @@ from pretrain.model.checkpoint import FORMAT_NAME, FORMAT_VERSION
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
 from pretrain.training import schedules
-from pretrain.training.augment import LogMixupExp, RandomResizeCrop
 from pretrain.training.config import PretrainConfig
 from pretrain.training.teacher_student import TeacherStudent
+from pretrain.training.views import VIEWS, crop_mels
 
 REFERENCE_BATCH = 256  # the learning rate is given for this total batch size
 
 
-class ATSTPretraining(pl.LightningModule):
-    """Teacher-student pretraining; the front end and both augmentations run on the device.
+def official_hparams(config: PretrainConfig) -> dict[str, Any]:
+    """The official training scripts' names for what they also hold, so the official
+    ``load_from_checkpoint`` and tools that read ``train_len`` / ``anchor_len`` understand our files."""
+    if config.method == "clip":
+        return {"train_len": config.crop_seconds}
+    return {
+        "anchor_len": config.crop_seconds,
+        "mask_ratio": config.mask_prob,
+        "mask_len": config.mask_span,
+        "min_mask_len": config.min_spans,
+        "mask_type": "block",
+        "symmetric": True,
+        "nprompt": 0,
+        "patch_h": 64,
+        "patch_w": 4,
+        "n_mels": 64,
+        "aug_tea": False,
+        "aug_stu": True,
+    }
 
-    ``hyper_parameters`` hold the run's configuration in plain types plus the encoder's shape
-    and this project's format tag, so ``pretrain.load_encoder`` (and atst_hear, atst_upstream)
-    read the Lightning checkpoints directly.
+
+class ATSTPretraining(pl.LightningModule):
+    """Teacher-student pretraining of either recipe; the front end, the augmentations and the
+    token masks are made batched on the device.
+
+    ``hyper_parameters`` hold the run's configuration in plain types, the official names of the
+    crop length and masking settings, the encoder's shape and this project's format tag, so
+    ``pretrain.load_encoder`` (and atst_hear, atst_upstream) read the Lightning checkpoints directly.
     """
 
     def __init__(self, config: dict[str, Any], world_size: int = 1) -> None:
         super().__init__()
         self.config = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-        torch.manual_seed(self.config.seed)
-        encoder = ATSTEncoder.from_arch(self.config.arch)
+        c = self.config
+        torch.manual_seed(c.seed)
+        encoder = ATSTEncoder.from_arch(c.arch, family=c.method, drop_path=c.drop_path)
         self.save_hyperparameters(
             {
-                **self.config.to_dict(),
+                **c.to_dict(),
+                **official_hparams(c),
                 "world_size": world_size,
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
+                "family": c.method,
                 "embed_dim": encoder.embed_dim,
                 "depth": encoder.depth,
                 "num_heads": encoder.num_heads,
             }
         )
-        self.model = TeacherStudent(encoder)
+        self.model = TeacherStudent(encoder, teacher_mode=c.teacher_mode)
         self.frontend = LogMelFrontEnd()
-        c = self.config
-        self.mixups = torch.nn.ModuleList(LogMixupExp(ratio=c.mixup_ratio, memory=c.mixup_memory) for _ in range(2))
-        self.crop = RandomResizeCrop(
-            virtual_crop_scale=c.virtual_crop_scale, freq_scale=c.freq_scale, time_scale=c.time_scale
-        )
+        self.views = VIEWS[c.method](c)
         total_batch = c.batch_size * world_size * c.accumulate_grad_batches
         self.peak_lr = c.base_lr * total_batch / REFERENCE_BATCH
         self.skipped_files = 0
@@ -72,20 +93,21 @@ class ATSTPretraining(pl.LightningModule):
         return schedules.ema_momentum(step, base=self.config.ema, total_steps=self.config.max_steps)
 
     def configure_optimizers(self):
+        # official get_params_groups: no weight decay on biases and 1-D tensors (norms); 3-D
+        # pos_embed / mask_embed / cls_token are decayed
         decay, no_decay = [], []
         for name, p in self.model.student.named_parameters():
             if p.requires_grad:
                 (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.wd_at(0)}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.lr_at(0))
+        return torch.optim.AdamW(groups, lr=self.lr_at(0), eps=1e-6)  # transformers' AdamW default, as officially
 
-    def views(self, wavs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, 2, n)`` crops -> two augmented ``(B, 64, T)`` views."""
+    def make_views(self, wavs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(B, n_crops, n)`` crops -> two ``(B, 64, T)`` views and the token masks (Frame)."""
         generator = torch.Generator(device=wavs.device)
         generator.manual_seed(self.config.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
         with torch.no_grad():
-            mels = self.frontend.equal_length(wavs.flatten(0, 1).float()).unflatten(0, (wavs.shape[0], 2))
-            return tuple(self.crop(mix(mels[:, v], generator), generator) for v, mix in enumerate(self.mixups))
+            return self.views(crop_mels(self.frontend, wavs), generator)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         step = self.global_step
@@ -101,12 +123,14 @@ class ATSTPretraining(pl.LightningModule):
             self._record_order(batch)
         if batch["wavs"].numel() == 0:
             return None
-        view_a, view_b = self.views(batch["wavs"])
-        loss, std_student, std_teacher = self.model(view_a, view_b)
+        view_a, view_b, masks = self.make_views(batch["wavs"])
+        loss, std_student, std_teacher = self.model(view_a, view_b, masks)
         bs = view_a.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
         self.log("train/std_teacher", std_teacher, prog_bar=True, batch_size=bs, sync_dist=True)
+        if masks is not None:
+            self.log("train/mask_fraction", masks.float().mean(), batch_size=bs, sync_dist=True)
         self.log("train/lr", lr, prog_bar=True, batch_size=bs)
         self.log("train/wd", wd, batch_size=bs)
         self.log("train/ema", self.ema_at(step), batch_size=bs)

@@ -1,8 +1,20 @@
-"""ATST-Clip's BYOL-style teacher and student (official ``ATST`` / ``MultiCropWrapper``).
+"""The BYOL-style teacher and student of both ATST recipes (official ``ATST`` / ``FrameATST``,
+``MultiCropWrapper``).
 
-State-dict names follow the official module (``student.encoder``, ``student.projector``,
-``student.predictor``, ``teacher.encoder``, ``teacher.projector``), so a Lightning module holding
-this as ``model`` writes ``model.teacher.encoder.*`` like the official ``small.ckpt``.
+State-dict names follow the official modules (``student.encoder``, ``student.projector``,
+``student.predictor``, ``teacher.encoder``, ``teacher.projector``), so a Lightning module
+holding this as ``model`` writes ``model.teacher.encoder.*`` like the official checkpoints.
+
+The recipes differ only in which encoder outputs feed the projector (``OUTPUTS``):
+
+* Clip: the CLS output of the last block through ``norm``, one row per clip;
+* Frame: the last block's tokens through ``norm_frame`` at the masked positions, one row per
+  masked token. The student's input has those tokens replaced by ``mask_embed``; the teacher
+  sees the unmasked input. Both views share each clip's mask, so row ``i`` of view A and row
+  ``i`` of view B are the same token of the same clip.
+
+The loss is the same for both: ``2 - 2 cos(student_b, teacher_a)`` and its mirror, averaged over
+rows and over the two pairs (the official symmetric loss).
 """
 
 from __future__ import annotations
@@ -27,6 +39,19 @@ def projection_head(dim_in: int) -> nn.Sequential:
     )
 
 
+def clip_outputs(encoder: ATSTEncoder, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
+    """``(B, D)``: the CLS output."""
+    return encoder(mels)[:, 0]
+
+
+def frame_outputs(encoder: ATSTEncoder, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
+    """``(n_masked, D)``: the outputs at the masked tokens (the input masked for the student only)."""
+    return encoder(mels, token_mask=token_mask if masked_input else None)[token_mask]
+
+
+OUTPUTS = {"clip": clip_outputs, "frame": frame_outputs}
+
+
 class Branch(nn.Module):
     def __init__(self, encoder: ATSTEncoder, *, predictor: bool) -> None:
         super().__init__()
@@ -34,44 +59,63 @@ class Branch(nn.Module):
         self.projector = projection_head(encoder.embed_dim)
         self.predictor = projection_head(HEAD_OUT) if predictor else nn.Identity()
 
-    def forward(self, mels: Tensor) -> Tensor:
-        return self.predictor(self.projector(self.encoder(mels)[:, 0]))  # the CLS output
+    def forward(self, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
+        features = OUTPUTS[self.encoder.family.name](self.encoder, mels, token_mask, masked_input)
+        return self.predictor(self.projector(features))
 
 
 def byol_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """``2 - 2 cos`` averaged over the batch."""
+    """``2 - 2 cos`` averaged over rows."""
     return 2 - 2 * (F.normalize(student, dim=-1) * F.normalize(teacher, dim=-1)).sum(dim=-1).mean()
 
 
 def output_std(x: Tensor) -> Tensor:
-    """Mean over dimensions of the batch std of L2-normalised outputs (collapse watch; 0 = collapsed)."""
+    """Mean over dimensions of the row std of L2-normalised outputs (collapse watch; 0 = collapsed)."""
     return F.normalize(x.float(), dim=-1).std(dim=0).mean()
 
 
 class TeacherStudent(nn.Module):
-    """Student (encoder, projector, predictor) trained to predict the EMA teacher across views."""
+    """Student (encoder, projector, predictor) trained to predict the EMA teacher across views.
 
-    def __init__(self, encoder: ATSTEncoder) -> None:
+    ``teacher_mode``: "train" runs the teacher as the official code does (Lightning puts the whole
+    module in train mode: stochastic depth in its encoder, batch statistics in its projector's
+    BatchNorm); "eval" runs it deterministic, with running statistics.
+    """
+
+    def __init__(self, encoder: ATSTEncoder, *, teacher_mode: str = "train") -> None:
         super().__init__()
         teacher_encoder = ATSTEncoder(
+            family=encoder.family.name,
             embed_dim=encoder.embed_dim,
             depth=encoder.depth,
             num_heads=encoder.num_heads,
             n_positions=encoder.pos_embed.shape[1],
+            drop_path=encoder.blocks[-1].drop_path_rate,
         )
         self.student = Branch(encoder, predictor=True)
         self.teacher = Branch(teacher_encoder, predictor=False)
         self.teacher.load_state_dict(self.student.state_dict(), strict=False)
         self.teacher.requires_grad_(False)
-        # unused by ATST-Clip (a masked-prediction leftover); frozen so DDP needs no unused-parameter search
-        self.student.encoder.mask_embed.requires_grad_(False)
+        self.teacher_mode = teacher_mode
+        if encoder.family.name == "clip":
+            # mask_embed is unused by ATST-Clip; frozen so DDP needs no unused-parameter search
+            self.student.encoder.mask_embed.requires_grad_(False)
 
-    def forward(self, view_a: Tensor, view_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Symmetrised BYOL loss of two ``(B, 64, T)`` views, and the student/teacher output stds."""
+    def train(self, mode: bool = True) -> TeacherStudent:
+        super().train(mode)
+        if mode and self.teacher_mode == "eval":
+            self.teacher.eval()
+        return self
+
+    def forward(
+        self, view_a: Tensor, view_b: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Symmetric BYOL loss of two ``(B, 64, T)`` views, and the student/teacher output stds."""
         both = torch.cat([view_a, view_b])
-        student = self.student(both)
+        masks = None if token_mask is None else torch.cat([token_mask, token_mask])
+        student = self.student(both, masks, masked_input=True)
         with torch.no_grad():
-            teacher = self.teacher(both)
+            teacher = self.teacher(both, masks, masked_input=False)
         s_a, s_b = student.chunk(2)
         t_a, t_b = teacher.chunk(2)
         loss = 0.5 * (byol_loss(s_b, t_a) + byol_loss(s_a, t_b))

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
 from pretrain.training.config import PretrainConfig
-from pretrain.training.data import StepSampler, TwoCropDataset, collate_crops, list_audio
+from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
+from pretrain.training.views import VIEWS
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -27,7 +28,7 @@ class CropData(pl.LightningDataModule):
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__()
         self.config = config
-        self.dataset = TwoCropDataset(list_audio(config.data), config.train_len)
+        self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.method].n_crops)
 
     def train_dataloader(self) -> DataLoader:
         c, trainer = self.config, self.trainer
