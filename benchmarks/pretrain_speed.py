@@ -10,7 +10,14 @@ do (whole file read and resampled, random crops, torchaudio mel per crop, list-b
 crop + interpolate, fairseq's span sampler; tests/reference_official.py).
 Training: optimizer steps per second of the real LightningModule step (views, student and teacher
 forward, backward, AdamW, EMA) on a synthetic batch, for the tiny and small encoders of each recipe.
+Data sources (``--sections sources``): samples per second of one loader worker reading two 6 s crops
+per clip from tar shards (``ShardStream``) against the folder reader (``CropDataset``), short and
+long clips; and the start-up (listing to first batch, fresh and resumed mid-pass) on a collection of
+200,000 entries: a CSV manifest for the folder reader, an index of 200 shards x 1,000 for the shards
+(the entries repeat a few real files).
 Runs in the harness stack (the reference uses torchaudio).
+
+    .venv/bin/python benchmarks/pretrain_speed.py --sections sources --out benchmarks/data_sources_cpu.md
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from reference_official import (  # noqa: E402
 
 from pretrain.model.audio_io import load_audio  # noqa: E402
 from pretrain.training.config import PRESETS, PretrainConfig  # noqa: E402
-from pretrain.training.data import CropDataset, SampleKey, collate_crops  # noqa: E402
+from pretrain.training.data import CropDataset, SampleKey, StepSampler, collate_crops, list_audio  # noqa: E402
 from pretrain.training.lightning_module import ATSTPretraining  # noqa: E402
+from pretrain.training.shard_stream import ShardStream, resolve_shards  # noqa: E402
+from pretrain.training.shard_writer import INDEX_NAME, write_shards  # noqa: E402
 from pretrain.training.synthetic import make_corpus  # noqa: E402
 from pretrain.training.views import VIEWS  # noqa: E402
 
@@ -114,14 +123,103 @@ def train_steps_per_second(preset: str, arch: str, batch: int, crop_seconds: flo
     return steps / (time.perf_counter() - start)
 
 
+def _shard_stream(shards, batch: int, start: int = 0, end: int = 10**9) -> ShardStream:
+    return ShardStream(
+        shards, crop_seconds=6.0, n_crops=2, batch_size=batch, seed=0, start_batch=start, end_batch=end
+    )
+
+
+def source_rates(files: list[Path], shard_dir: Path, n_samples: int, batch: int = 32) -> dict[str, float]:
+    """Samples per second of one loader worker (this thread): folder reader vs shards, alternating
+    batch by batch; the same clips, crops of the Clip recipe."""
+    dataset = CropDataset(files, 6.0, 2)
+    sampler = StepSampler(len(files), batch, seed=0, end_batch=10**9)
+    stream = iter(_shard_stream(resolve_shards(str(shard_dir)), batch))
+    seconds = {"folder": 0.0, "shards": 0.0}
+    for k in range(-1, n_samples // batch):  # one untimed batch each first
+        start = time.perf_counter()
+        collate_crops([dataset[key] for key in sampler.batch(k + 1)])
+        folder = time.perf_counter() - start
+        start = time.perf_counter()
+        next(stream)
+        shards = time.perf_counter() - start
+        if k >= 0:
+            seconds["folder"] += folder
+            seconds["shards"] += shards
+    return {name: n_samples // batch * batch / value for name, value in seconds.items()}
+
+
+def startup_seconds(root: Path, entries: int = 200_000, per_shard: int = 1000) -> dict[str, float]:
+    """Listing to first batch on ``entries`` entries, fresh and resumed at batch 3000 (mid-pass)."""
+    import soundfile
+
+    clips = root / "startup_clips"
+    clips.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for i in range(50):
+        soundfile.write(clips / f"clip{i:03d}.wav", (0.1 * torch.randn(8000, generator=rng)).numpy(), 16000)
+    names = sorted(p.name for p in clips.iterdir())
+    manifest = clips / "manifest.csv"
+    manifest.write_text("path\n" + "".join(f"{names[i % len(names)]}\n" for i in range(entries)))
+    shard_dir = root / "startup_shards"
+    one = write_shards(clips, root / "one_shard", shard_size=len(names), progress=False)["shards"][0]
+    shard_dir.mkdir()
+    index = {"format": "atst-shards", "version": 1, "shards": []}
+    for n in range(entries // per_shard):  # 200 names for one real shard; the index says 1,000 samples each
+        (shard_dir / f"shard-{n:06d}.tar").symlink_to(root / "one_shard" / one["name"])
+        index["shards"].append({"name": f"shard-{n:06d}.tar", "samples": one["samples"], "seconds": one["seconds"]})
+    (shard_dir / INDEX_NAME).write_text(__import__("json").dumps(index))
+    out = {}
+    for resumed, start in (("fresh", 0), ("resumed", 3000)):
+        t0 = time.perf_counter()
+        files = list_audio(manifest)
+        dataset = CropDataset(files, 6.0, 2)
+        sampler = StepSampler(len(files), 32, seed=0, start_batch=start, end_batch=start + 1)
+        collate_crops([dataset[key] for key in next(iter(sampler))])
+        out[f"folder {resumed}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        next(iter(_shard_stream(resolve_shards(str(shard_dir)), 32, start, start + 1)))
+        out[f"shards {resumed}"] = time.perf_counter() - t0
+    return out
+
+
+def sources_section(samples: int) -> list[str]:
+    lines = ["", "| one loader worker, 1 thread, two 6 s crops per clip | folder samples/s | shards samples/s "
+             "| shards vs folder |", "|---|---|---|---|"]
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, seconds in (("short clips, 1-2 s", (1.0, 2.0)), ("long clips, 10 s (AudioSet)", (10.0, 10.0))):
+            folder = Path(tmp) / label.split(",")[0].replace(" ", "_")
+            files = make_corpus(folder, n_clips=64, seconds=seconds)
+            write_shards(folder, Path(str(folder) + "_shards"), shard_size=16, progress=False)
+            rates = source_rates(files, Path(str(folder) + "_shards"), samples)
+            lines.append(f"| {label} | {rates['folder']:.1f} | {rates['shards']:.1f} "
+                         f"| {rates['shards'] / rates['folder']:.2f}x |")
+            print(lines[-1], flush=True)
+        startup = startup_seconds(Path(tmp))
+    lines += ["", "| start-up on 200,000 entries (listing to first batch of 32) | folder (CSV manifest) | shards "
+              "(index of 200 x 1,000) | shards vs folder |", "|---|---|---|---|"]
+    for when in ("fresh", "resumed"):
+        label = "fresh run" if when == "fresh" else "resumed at batch 3000 (mid-pass)"
+        folder, shards = startup[f"folder {when}"], startup[f"shards {when}"]
+        lines.append(f"| {label} | {folder:.2f} s | {shards:.2f} s | {folder / shards:.1f}x faster |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--sections", default="pipeline,training", help="any of pipeline, training, sources")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     lines = [f"Machine: {machine()}, {threads} threads available", ""]
+    if "sources" in sections:
+        lines += sources_section(args.samples)
+        torch.set_num_threads(threads)
     labels = {
         "worker": "package loader worker (decode; the views are made batched on the device)",
         "chain": "package, decode + batched views on this CPU",
@@ -130,7 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = make_corpus(tmp, n_clips=32, seconds=(4.0, 10.0))
         torch.set_num_threads(1)
-        for method in ("clip", "frame"):
+        for method in ("clip", "frame") if "pipeline" in sections else ():
             crops = "two 6 s crops" if method == "clip" else "one 10 s crop, span masks"
             lines += ["", f"| ATST-{method.capitalize()} data pipeline, 1 thread, {crops} per clip | samples/s "
                       "| vs reference |", "|---|---|---|"]
@@ -139,10 +237,11 @@ def main() -> None:
                 lines.append(f"| {label} | {rates[key]:.1f} | {rates[key] / rates['reference']:.2f}x |")
                 print(lines[-1], flush=True)
     torch.set_num_threads(threads)
-    lines += ["", f"| training ({threads} threads) | batch | steps/s | clips/s |", "|---|---|---|---|"]
+    if "training" in sections:
+        lines += ["", f"| training ({threads} threads) | batch | steps/s | clips/s |", "|---|---|---|---|"]
     runs = (("tiny", "tiny", 16, 2.0, 5), ("tiny", "small", 8, 6.0, 2), ("frame-tiny", "tiny", 16, 4.0, 5),
             ("frame-tiny", "small", 8, 10.0, 2))
-    for preset, arch, batch, crop_seconds, steps in runs:
+    for preset, arch, batch, crop_seconds, steps in runs if "training" in sections else ():
         method = PRESETS[preset].get("method", "clip")
         rate = train_steps_per_second(preset, arch, batch, crop_seconds, steps)
         lines.append(f"| ATST-{method.capitalize()} {arch}, {crop_seconds:g} s crops | {batch} | {rate:.2f} "

@@ -3,6 +3,8 @@
 train    run or resume pretraining: ATST-Clip (presets small / base / tiny) or ATST-Frame
          (--method frame: frame-small / frame-base / frame-tiny), YAML, flags
 check    scan a dataset and report unreadable, empty, short or silent files
+manifest a manifest from AudioSet's segment CSVs and the downloaded files
+shard    write a folder or manifest as WebDataset tar shards with an index (resumable)
 plot     draw a run's curves to a PNG
 export   write a checkpoint's teacher encoder alone as safetensors
 synth    write the built-in synthetic corpus
@@ -64,7 +66,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = run_config.from_arguments(args)
     if not config.data:
-        raise ValueError("--data is required: a folder of audio files or a CSV/TSV manifest")
+        raise ValueError("--data is required: a folder of audio files, a CSV/TSV manifest, or tar shards")
     final = train(config)
     print(f"final checkpoint: {final}")
 
@@ -81,6 +83,30 @@ def _check(args: argparse.Namespace) -> None:
     print(f"{len(report.problems)} files will be skipped")
     if report.readable == 0:
         raise SystemExit(1)
+
+
+def _manifest(args: argparse.Namespace) -> None:
+    from pretrain.training.audioset import audioset_manifest
+
+    report = audioset_manifest(args.audioset_csv, args.audio_dir, args.out)
+    print(f"{args.out}: {report.found} of {report.segments} segments have a file ({len(report.missing)} missing)")
+    if report.unmatched:
+        print(f"{report.unmatched} audio files under {args.audio_dir} belong to none of the segments")
+
+
+def _shard(args: argparse.Namespace) -> None:
+    from pretrain.training.shard_writer import write_shards
+
+    index = write_shards(
+        args.source, args.out, shard_size=args.shard_size, flac16k=args.flac16k, seed=args.seed, jobs=args.jobs
+    )
+    print(
+        f"{args.out}: {len(index['shards'])} shards, {index['samples']} samples, "
+        f"{index['seconds'] / 3600:.2f} h ({index['encoding']})"
+    )
+    for problem in index["skipped"]:
+        print(f"SKIPPED {problem['path']}: {problem['reason']}")
+    print(f"{len(index['skipped'])} files skipped; index: {Path(args.out) / 'index.json'}")
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -141,6 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--crop-seconds", "--train-len", type=float, default=6.0, help="the crop length of the run")
     p.set_defaults(run=_check)
+    p = sub.add_parser("manifest", help="manifest from AudioSet's segment CSVs and downloaded files")
+    p.add_argument("--audioset-csv", nargs="+", required=True, help="official segments CSVs")
+    p.add_argument("--audio-dir", type=Path, required=True, help="where the downloader put the files")
+    p.add_argument("--out", type=Path, required=True, help="the manifest to write (CSV)")
+    p.set_defaults(run=_manifest)
+    p = sub.add_parser("shard", help="write a dataset as WebDataset tar shards")
+    p.add_argument("source", help="a folder of audio files or a CSV/TSV manifest with a 'path' column")
+    p.add_argument("out", type=Path)
+    p.add_argument("--shard-size", type=int, required=True, help="samples per shard")
+    p.add_argument("--flac16k", action="store_true", help="re-encode as 16 kHz mono FLAC (default: original bytes)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the one shuffle of the file list")
+    p.add_argument("--jobs", type=int, default=1, help="shards written in parallel processes")
+    p.set_defaults(run=_shard)
     p = sub.add_parser("plot", help="plot a run's curves")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=None)

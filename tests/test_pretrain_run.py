@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_training, train_command
 
 import atst_hear
 from pretrain import load_encoder, read_checkpoint
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.training.schedules import learning_rate, weight_decay
 from pretrain.training.synthetic import make_corpus
-
-ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")
@@ -31,39 +26,7 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-PRESET = {"clip": "tiny", "frame": "frame-tiny"}
 WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip CLS + mean, Frame mean
-
-
-def train_command(corpus: Path, run_dir: Path, *extra: str, method: str = "clip") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pretrain",
-        "train",
-        "--preset",
-        PRESET[method],
-        "--data",
-        str(corpus),
-        "--run-dir",
-        str(run_dir),
-        "--num-workers",
-        "0",
-        *extra,
-    ]
-
-
-def run_training(corpus: Path, run_dir: Path, *extra: str, method: str = "clip") -> subprocess.CompletedProcess:
-    command = train_command(corpus, run_dir, *extra, method=method)
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
-def metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    from pretrain.training.plot import read_metrics
-
-    return read_metrics(run_dir)
 
 
 @pytest.fixture(scope="module", params=["clip", "frame"])
@@ -170,15 +133,6 @@ def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
     assert 0.4 < sum(fractions) / len(fractions) < 0.6  # spans of 5 at 0.65 mask about half, not 65 %
 
 
-def _order(run_dir: Path) -> dict[int, list[str]]:
-    """Files of each step; a resumed run repeats steps after its checkpoint: the last record wins."""
-    order = {}
-    for line in (run_dir / "data_order.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        order[record["step"]] = record["files"] + record["skipped"]
-    return order
-
-
 @pytest.mark.parametrize("method", ["clip", "frame"])
 def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path, method):
     flags = [
@@ -198,31 +152,14 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path, method):
     run_training(corpus, tmp_path / "straight", *flags, method=method)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        train_command(corpus, interrupted, *flags, method=method),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
-    step8 = interrupted / "checkpoints" / "step0000008.ckpt"
-    deadline = time.time() + 300
-    while not step8.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    last = interrupted / "checkpoints" / "last.ckpt"
-    while process.poll() is None and time.time() < deadline and last.stat().st_mtime < step8.stat().st_mtime:
-        time.sleep(0.05)  # last.ckpt is rewritten right after the step checkpoint
-    time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert step8.exists() and not (interrupted / "checkpoints" / "final.ckpt").exists()
-    before = read_checkpoint(last)["global_step"]
+    before = kill_after_checkpoint(train_command(corpus, interrupted, *flags, method=method), interrupted, step=8)
     assert 8 <= before < 12
 
     result = run_training(corpus, interrupted, *flags, method=method)  # --resume auto: continues from last.ckpt
     assert "resuming from" in result.stderr
     finals = [read_checkpoint(d / "checkpoints" / "final.ckpt") for d in (tmp_path / "straight", interrupted)]
     assert finals[0]["global_step"] == finals[1]["global_step"] == 12
-    assert _order(tmp_path / "straight") == _order(interrupted)
+    assert data_order(tmp_path / "straight") == data_order(interrupted)
     straight, resumed = metrics(tmp_path / "straight"), metrics(interrupted)
     for step in range(12):
         assert resumed["train/lr"][step] == straight["train/lr"][step]
@@ -251,10 +188,15 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path, method):
         "2",
         "--strategy",
         "ddp",
+        "--log-data-order",
+        "true",
         method=method,
     )
     final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == 6 and final["hyper_parameters"]["world_size"] == 2
+    ranks = [data_order(run_dir), data_order(run_dir, "data_order.rank1.jsonl")]
+    first_24 = [name for step in range(3) for order in ranks for name in order[step]]  # 3 steps x 2 ranks x 4
+    assert len(set(first_24)) == 24  # the first pass over the 25 files: no file twice, across ranks
     lr = metrics(run_dir)["train/lr"]
     assert lr[1] == pytest.approx(learning_rate(1, peak=4e-3 * 4 * 2 / 256, total_steps=6, warmup_steps=2), rel=1e-5)
     model = atst_hear.load_model(str(run_dir / "checkpoints" / "final.ckpt"))

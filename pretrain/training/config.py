@@ -22,7 +22,9 @@ class PretrainConfig:
 
     method: str = "clip"  # "clip": ATST-Clip; "frame": ATST-Frame
     arch: str = "small"
-    data: str = ""  # a folder of wav/flac/ogg files, or a CSV/TSV manifest with a "path" column
+    data: str = ""  # a folder of wav/flac/ogg files, a CSV/TSV manifest with a "path" column, or shards
+    shard_index: str = ""  # the shards' index.json where it is not beside them (pipe: URLs)
+    shuffle_buffer: int = 1000  # shards: samples shuffled together per loader stream (held encoded)
     run_dir: str = "runs/atst"
     crop_seconds: float = 6.0  # the official train_len (Clip) / anchor_len (Frame)
     batch_size: int = 384
@@ -55,7 +57,7 @@ class PretrainConfig:
     log_every: int = 50
     seed: int = 0
     resume: str = "auto"  # "auto": the run's last.ckpt if there is one; "never"; or a checkpoint path
-    log_data_order: bool = False  # write the sample indices of every step to data_order.jsonl
+    log_data_order: bool = False  # every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -204,6 +206,7 @@ def validate(config: PretrainConfig) -> None:
             )
     if config.max_steps <= config.warmup_steps:
         raise ValueError(f"max_steps ({config.max_steps}) must exceed warmup_steps ({config.warmup_steps})")
-    for name in ("batch_size", "accumulate_grad_batches", "checkpoint_every", "num_nodes", "log_every"):
+    positive = ("batch_size", "accumulate_grad_batches", "checkpoint_every", "num_nodes", "log_every", "shuffle_buffer")
+    for name in positive:
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -49,12 +50,16 @@ def list_audio(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_crops(path: Path, n_samples: int, *, n_crops: int = 2, seed: int = 0) -> Tensor:
+def read_crops(
+    source: str | os.PathLike | BinaryIO, n_samples: int, *, n_crops: int = 2, seed: int = 0, name: str | None = None
+) -> Tensor:
     """``n_crops`` random crops of ``n_samples`` at 16 kHz, mono: ``(n_crops, n_samples)``; clips
-    shorter than a crop are zero-padded. The file is opened once: a short file is decoded (and
-    resampled) whole, a long one only at the crops."""
+    shorter than a crop are zero-padded. ``source`` is a path or an open binary file (a shard
+    member); ``name`` is what errors call it. The file is opened once: a short file is decoded
+    (and resampled) whole, a long one only at the crops."""
+    path = name or str(source)
     try:
-        with soundfile.SoundFile(str(path)) as f:
+        with soundfile.SoundFile(source if hasattr(source, "read") else str(source)) as f:
             rate, frames = f.samplerate, f.frames
             total = int(frames * SAMPLE_RATE / rate)
             rng = np.random.default_rng(seed)
@@ -113,7 +118,8 @@ def collate_crops(items: list[tuple[Tensor | None, str]]) -> dict:
     return {"wavs": wavs, "skipped": bad, "names": [path for x, path in items if x is not None]}
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int | str) -> int:
+    """A 63-bit seed from any tuple of ints and names (stable across processes and runs)."""
     digest = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
@@ -146,9 +152,9 @@ class StepSampler(Sampler[list[SampleKey]]):
     def _item(self, position: int) -> SampleKey:
         epoch, offset = divmod(position, self.n_items)
         if epoch != self._epoch:
-            self._perm = np.random.default_rng(_mix(self.seed, epoch)).permutation(self.n_items)
+            self._perm = np.random.default_rng(mix_seed(self.seed, epoch)).permutation(self.n_items)
             self._epoch = epoch
-        return SampleKey(int(self._perm[offset]), _mix(self.seed, position))
+        return SampleKey(int(self._perm[offset]), mix_seed(self.seed, position))
 
     def batch(self, k: int) -> list[SampleKey]:
         first = (k * self.world + self.rank) * self.batch_size

@@ -119,7 +119,7 @@ class ATSTPretraining(pl.LightningModule):
         if batch["skipped"]:
             self.skipped_files += len(batch["skipped"])
         self.log("data/skipped_files", float(self.skipped_files), reduce_fx="sum", sync_dist=True)
-        if self.config.log_data_order and self.global_rank == 0:
+        if self.config.log_data_order:
             self._record_order(batch)
         if batch["wavs"].numel() == 0:
             return None
@@ -143,9 +143,12 @@ class ATSTPretraining(pl.LightningModule):
             self.model.update_teacher(self.ema_at(self.global_step))
 
     def _record_order(self, batch: dict) -> None:
-        path = Path(self.config.run_dir) / "data_order.jsonl"
-        with open(path, "a") as f:
-            f.write(json.dumps({"step": self.global_step, "files": batch["names"], "skipped": batch["skipped"]}) + "\n")
+        suffix = f".rank{self.global_rank}" if self.global_rank else ""
+        record = {"step": self.global_step, "files": batch["names"], "skipped": batch["skipped"]}
+        if "passes" in batch:
+            record["passes"] = batch["passes"]
+        with open(Path(self.config.run_dir) / f"data_order{suffix}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_files"] = self.skipped_files

@@ -15,6 +15,7 @@ from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
 from pretrain.training.config import PretrainConfig
 from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
+from pretrain.training.shard_stream import ShardStream, is_shard_source, resolve_shards
 from pretrain.training.views import VIEWS
 
 log = logging.getLogger(__name__)
@@ -23,16 +24,63 @@ TEACHER_EXPORT = "atst_teacher.safetensors"
 
 
 class CropData(pl.LightningDataModule):
-    """Endless seeded sample order that resumes at the trainer's restored step."""
+    """Endless seeded sample order that resumes at the trainer's restored step: files of a folder or
+    manifest through ``StepSampler``, or tar shards through ``ShardStream``."""
 
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__()
         self.config = config
-        self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.method].n_crops)
+        self.shards = resolve_shards(config.data, config.shard_index or None) if is_shard_source(config.data) else None
+        if self.shards is None:
+            self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.method].n_crops)
+        self.restored_layout: dict | None = None
+
+    def layout(self) -> dict:
+        """What fixes the sample order besides the seed: a resume under another layout warns."""
+        c, trainer = self.config, self.trainer
+        world = trainer.world_size if trainer is not None else None
+        return {
+            "source": "shards" if self.shards is not None else "files",
+            "items": sum(s.samples for s in self.shards) if self.shards is not None else len(self.dataset),
+            "world_size": world,
+            "loader_streams": max(c.num_workers, 1) if self.shards is not None else None,
+            "batch_size": c.batch_size,
+            "accumulate_grad_batches": c.accumulate_grad_batches,
+            "shuffle_buffer": c.shuffle_buffer if self.shards is not None else None,
+        }
+
+    def state_dict(self) -> dict:
+        return {"layout": self.layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.restored_layout = state.get("layout")
 
     def train_dataloader(self) -> DataLoader:
         c, trainer = self.config, self.trainer
         start = trainer.global_step * c.accumulate_grad_batches
+        if self.restored_layout is not None and self.restored_layout != self.layout():
+            log.warning(
+                "resuming with another data layout (%s, was %s): steps and schedules continue, but samples of "
+                "the current pass may repeat or be left out",
+                self.layout(),
+                self.restored_layout,
+            )
+        if self.shards is not None:
+            workers = max(c.num_workers, 1)
+            stream = ShardStream(
+                self.shards,
+                crop_seconds=c.crop_seconds,
+                n_crops=VIEWS[c.method].n_crops,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                rank=trainer.global_rank,
+                world=trainer.world_size,
+                workers=workers,
+                start_batch=start,
+                end_batch=c.max_steps * c.accumulate_grad_batches,
+                shuffle_buffer=c.shuffle_buffer,
+            )
+            return DataLoader(stream, batch_size=None, num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
         sampler = StepSampler(
             len(self.dataset),
             c.batch_size,
@@ -82,7 +130,9 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
         mode="max",
         save_top_k=config.keep_checkpoints,
     )
-    loggers = [TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")]
+    # CSV rows reach the disk at every logging step, so a killed run keeps its curves up to its last log
+    csv_logger = CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every)
+    loggers = [TensorBoardLogger(run_dir, name="tensorboard"), csv_logger]
     devices = _devices(config.devices)
     multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
     # SyncBatchNorm needs CUDA; CPU processes (gloo) keep per-process batch statistics
