@@ -143,3 +143,15 @@ def rel_err(ours, ref) -> float:
     ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """24 generated clips (several rates, some stereo) and one file that is not audio: a
+    pretraining collection as found, for the runs in folders and in shards."""
+    from pretrain.training.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root, n_clips=24, seed=0)
+    (root / "zz_corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
+    return root

@@ -15,16 +15,6 @@ import atst_hear
 from pretrain import load_encoder, read_checkpoint
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.training.schedules import learning_rate, weight_decay
-from pretrain.training.synthetic import make_corpus
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root, n_clips=24, seed=0)
-    (root / "zz_corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
-    return root
-
 
 WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip CLS + mean, Frame mean
 
