@@ -220,6 +220,9 @@ def test_shard_sources_and_their_errors(clean_shards, tmp_path):
     (stray / "shard-000000.tar").write_bytes((clean_shards / "shard-000000.tar").read_bytes())
     with pytest.raises(DatasetError, match="shard index not found"):
         resolve_shards(str(stray / "shard-000000.tar"))
+    assert is_shard_source(str(stray))  # a folder of shards without an index is not read as audio files
+    with pytest.raises(DatasetError, match="shard index not found"):
+        resolve_shards(str(stray))
     (stray / "index.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(DatasetError, match="not a shard index"):
         resolve_shards(str(stray / "shard-000000.tar"))

@@ -61,12 +61,12 @@ class Shard:
 
 
 def is_shard_source(data: str) -> bool:
-    """Whether ``--data`` names shards: ``pipe:``, a brace pattern or ``.tar`` path, or a folder of
-    ``.tar`` files with no audio files in it."""
+    """Whether ``--data`` names shards: ``pipe:``, a brace pattern or ``.tar`` path, or a folder
+    holding ``.tar`` files (a folder of shards without its index is then a clear error)."""
     if data.startswith("pipe:") or "{" in data or data.endswith(".tar") or "::" in data:
         return True
     path = Path(data)
-    return path.is_dir() and (path / INDEX_NAME).is_file() and any(path.glob("*.tar"))
+    return path.is_dir() and any(path.glob("*.tar"))
 
 
 def _shard_file_name(url: str) -> str:
