@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -56,9 +57,18 @@ def data_order(run_dir: Path, name: str = "data_order.jsonl") -> dict[int, list[
     return order
 
 
+def _logged(run_dir: Path, step: int) -> bool:
+    metrics = run_dir / "csv" / "version_0" / "metrics.csv"
+    if not metrics.is_file():
+        return False
+    with open(metrics, newline="") as f:
+        return any(row.get("train/lr") and int(float(row["step"])) == step for row in csv.DictReader(f))
+
+
 def kill_after_checkpoint(command: list[str], run_dir: Path, *, step: int) -> int:
-    """Start a run, SIGKILL it just after its step-``step`` checkpoint (and last.ckpt) are written;
-    returns the global step last.ckpt holds."""
+    """Start a run (logging every step), SIGKILL it just after its step-``step`` checkpoint and
+    last.ckpt are written and the metrics of step ``step - 1`` are on disk (Lightning logs a step's
+    metrics after the checkpoint callback of that batch); returns the global step last.ckpt holds."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     checkpoint = run_dir / "checkpoints" / f"step{step:07d}.ckpt"
     deadline = time.time() + 300
@@ -67,7 +77,8 @@ def kill_after_checkpoint(command: list[str], run_dir: Path, *, step: int) -> in
     last = run_dir / "checkpoints" / "last.ckpt"
     while process.poll() is None and time.time() < deadline and last.stat().st_mtime < checkpoint.stat().st_mtime:
         time.sleep(0.05)  # last.ckpt is rewritten right after the step checkpoint
-    time.sleep(0.2)
+    while process.poll() is None and time.time() < deadline and not _logged(run_dir, step - 1):
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert checkpoint.exists() and not (run_dir / "checkpoints" / "final.ckpt").exists()
