@@ -3,6 +3,7 @@
 train    run or resume pretraining: ATST-Clip (presets small / base / tiny) or ATST-Frame
          (--method frame: frame-small / frame-base / frame-tiny), YAML, flags
 check    scan a dataset and report unreadable, empty, short or silent files
+finetune fine-tune (or --freeze: linear-probe) a checkpoint on a HEAR task folder, official recipe
 manifest a manifest from AudioSet's segment CSVs and the downloaded files
 shard    write a folder or manifest as WebDataset tar shards with an index (resumable)
 plot     draw a run's curves to a PNG
@@ -83,6 +84,20 @@ def _check(args: argparse.Namespace) -> None:
     print(f"{len(report.problems)} files will be skipped")
     if report.readable == 0:
         raise SystemExit(1)
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from pretrain.finetune import recipe
+    from pretrain.finetune.run import finetune
+
+    report = finetune(args.checkpoint, args.task, args.out, recipe.from_arguments(args))
+    print(f"{report['task']} ({report['split_mode']}), {args.checkpoint}:")
+    for mode in ("frozen", "finetune"):
+        if mode in report:
+            r = report[mode]
+            folds = ", ".join(f"{x['round']} {x['test_scores'][r['metric']]:.4f}" for x in r["rounds"])
+            print(f"  {mode:9s} test {r['metric']} {r['test_mean']:.4f} +- {r['test_std']:.4f}  ({folds})")
+    print(f"scores: {Path(args.out) / 'scores.json'}")
 
 
 def _manifest(args: argparse.Namespace) -> None:
@@ -167,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--crop-seconds", "--train-len", type=float, default=6.0, help="the crop length of the run")
     p.set_defaults(run=_check)
+    p = sub.add_parser("finetune", help="fine-tune on a HEAR task folder (official recipe), or --freeze")
+    from pretrain.finetune import recipe
+
+    recipe.add_arguments(p)
+    p.set_defaults(run=_finetune)
     p = sub.add_parser("manifest", help="manifest from AudioSet's segment CSVs and downloaded files")
     p.add_argument("--audioset-csv", nargs="+", required=True, help="official segments CSVs")
     p.add_argument("--audio-dir", type=Path, required=True, help="where the downloader put the files")

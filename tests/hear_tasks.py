@@ -130,3 +130,78 @@ def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: floa
         },
     }
     return _write_task(tasks_dir / name, metadata, list(EVENT_LABELS), splits)
+
+
+ORDER_LABELS = ("tone_then_noise", "noise_then_tone")
+
+
+def make_order_task(
+    tasks_dir: Path, *, name: str = "synth_order", seconds: float = 2.0, counts=(40, 16, 16), folds: int = 0, seed=2
+) -> Path:
+    """Multiclass scene task whose label is the order of two events (a tone and a noise burst, each
+    30-45 % of the clip, pitch and level varied): the same sounds in both classes, so features pooled over
+    time barely tell the classes apart and an encoder must learn where things happen.
+    ``folds`` > 0 writes a ``new_split_kfold`` task with that many folds instead of train/valid/test."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    names = [f"fold{k:02d}" for k in range(folds)] if folds else list(SPLITS)
+    sizes = [sum(counts) // folds] * folds if folds else list(counts)
+    splits = {}
+    for split, count in zip(names, sizes, strict=True):
+        files = {}
+        for i in range(count):
+            label = ORDER_LABELS[i % 2]
+            audio = 0.002 * rng.standard_normal(n)
+            length = int(rng.uniform(0.3, 0.45) * n)  # each event within its half of the clip
+            first, second = ("tone", "noise") if label == ORDER_LABELS[0] else ("noise", "tone")
+            start1 = int(rng.integers(0, n // 2 - length + 1))
+            start2 = n // 2 + int(rng.integers(0, n // 2 - length + 1))
+            audio[start1 : start1 + length] += _shaped(rng, first, length)
+            audio[start2 : start2 + length] += _shaped(rng, second, length)
+            files[f"{label}_{i:03d}.wav"] = (audio, [label])
+        splits[split] = files
+    metadata = {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": "new_split_kfold" if folds else "trainvaltest",
+        "splits": names,
+        "sample_duration": seconds,
+        "evaluation": ["top1_acc"],
+    }
+    if folds:
+        metadata["nfolds"] = folds
+    return _write_task(tasks_dir / name, metadata, list(ORDER_LABELS), splits)
+
+
+def make_multilabel_scene_task(
+    tasks_dir: Path, *, name: str = "synth_tags", seconds: float = 2.0, counts=(32, 12, 12), seed=3
+) -> Path:
+    """Multilabel scene task: each clip holds one or two of tone / noise / clicks (its tags)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    kinds = ("tone", "noise", "clicks")
+    splits = {}
+    for split, count in zip(SPLITS, counts, strict=True):
+        files = {}
+        for i in range(count):
+            tags = sorted(rng.choice(kinds, size=int(rng.integers(1, 3)), replace=False).tolist())
+            audio = 0.002 * rng.standard_normal(n)
+            for tag in tags:
+                length = int(rng.uniform(0.5, 1.5) * SR)
+                start = int(rng.integers(0, n - length + 1))
+                audio[start : start + length] += _shaped(rng, tag, length)
+            files[f"clip_{i:03d}.wav"] = (audio, tags)
+        splits[split] = files
+    metadata = {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "scene",
+        "prediction_type": "multilabel",
+        "split_mode": "trainvaltest",
+        "splits": list(SPLITS),
+        "sample_duration": seconds,
+        "evaluation": ["mAP"],
+    }
+    return _write_task(tasks_dir / name, metadata, list(kinds), splits)

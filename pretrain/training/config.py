@@ -126,7 +126,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = {"clip": "small", "frame": "frame-small"}
 
 
-def _parse(field: dataclasses.Field, text: str) -> Any:
+def parse_setting(field: dataclasses.Field, text: str) -> Any:
+    """A flag's text as the type of its dataclass field (tuples as "low,high", booleans as true/false)."""
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
     if kind.startswith("tuple"):
         low, high = (float(v) for v in text.split(","))
@@ -177,7 +178,7 @@ def from_arguments(args: argparse.Namespace) -> PretrainConfig:
     for name, f in by_name.items():
         text = getattr(args, name, None)
         if text is not None:
-            values[name] = _parse(f, text)
+            values[name] = parse_setting(f, text)
     config = PretrainConfig(**values)
     validate(config)
     return config

@@ -24,14 +24,17 @@ def read_metrics(run_dir: str | Path) -> dict[str, dict[int, float]]:
     return series
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def plot_run(
+    run_dir: str | Path, out: str | Path | None = None, *, curves: list[str] = CURVES, title: str = "ATST pretraining"
+) -> Path:
+    """The run's logged ``curves`` that exist, one panel each, against the optimizer step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     series = read_metrics(run_dir)
-    names = [c for c in CURVES if c in series]
+    names = [c for c in curves if c in series]
     fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 * len(names)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         steps = sorted(series[name])
@@ -39,7 +42,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.set_ylabel(name.split("/")[-1])
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("optimizer step")
-    fig.suptitle(f"ATST pretraining: {Path(run_dir).name}")
+    fig.suptitle(f"{title}: {Path(run_dir).name}")
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=100)

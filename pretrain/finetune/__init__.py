@@ -1,0 +1,1 @@
+"""Fine-tuning ATST encoders on HEAR-format scene tasks: the official second evaluation."""

@@ -1,0 +1,263 @@
+"""Running fine-tuning (and the frozen baseline) on every round of a HEAR task.
+
+Layout of ``OUT``: ``{finetune,frozen}/<round>/`` per round (``trainvaltest`` or the test fold's
+name) with ``checkpoints/`` (``best.ckpt`` selected on the validation split, ``last.ckpt``),
+``tensorboard/``, ``csv/``, ``curves.png``, ``test.predictions.json`` and ``scores.json``;
+``OUT/scores.json`` gathers every round, the k-fold mean, and both modes side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pretrain.finetune.metrics import task_scores
+from pretrain.finetune.module import FinetuneModule, steps_per_epoch
+from pretrain.finetune.recipe import FinetuneConfig
+from pretrain.finetune.task import HearTask, Split
+from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
+from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.training.data import mix_seed
+from pretrain.training.plot import plot_run
+
+log = logging.getLogger(__name__)
+CURVES = ["train/loss", "train/lr", "valid/score"]
+FEATURE_BATCH = 16
+
+
+class _Items(Dataset):
+    def __init__(self, inputs: list[Tensor] | Tensor, targets: Tensor) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[i], self.targets[i]
+
+
+def _collate(items: list[tuple[Tensor, Tensor]], *, features: bool) -> dict[str, Tensor]:
+    inputs, targets = zip(*items, strict=True)
+    if features:
+        return {"features": torch.stack(inputs), "targets": torch.stack(targets)}
+    lengths = torch.tensor([w.numel() for w in inputs])
+    wavs = torch.zeros(len(inputs), int(lengths.max()))
+    for i, w in enumerate(inputs):
+        wavs[i, : w.numel()] = w
+    return {"wavs": wavs, "lengths": lengths, "targets": torch.stack(targets)}
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Full batches of a seeded permutation per epoch, each rank its share: a resumed run (from an
+    epoch-end checkpoint) sees the epochs an uninterrupted run would."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.world = n, batch_size, seed, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        order = np.random.default_rng(mix_seed(self.seed, "finetune", self.epoch)).permutation(self.n)
+        mine = order[rank :: self.world][: self.n // self.world]
+        batch = min(self.batch_size, len(mine))
+        for first in range(0, len(mine) - batch + 1, batch):
+            yield mine[first : first + batch].tolist()
+
+    def __len__(self) -> int:
+        mine = self.n // self.world
+        return max(mine // min(self.batch_size, mine), 1)
+
+
+def _devices(text: str) -> int | str | list[int]:
+    if text == "auto":
+        return "auto"
+    return [int(d) for d in text.split(",") if d] if "," in text else int(text)
+
+
+def _frozen_features(checkpoint: str, splits: list[Split]) -> list[Tensor]:
+    """The official linear evaluation's features (all blocks) of each split, computed once."""
+    extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
+    depth = extractor.encoder.depth
+    out = []
+    with torch.no_grad():
+        for split in splits:
+            rows = [
+                extractor.scene_embeddings(split.wavs[i : i + FEATURE_BATCH], n_blocks=depth)
+                for i in range(0, len(split.wavs), FEATURE_BATCH)
+            ]
+            out.append(torch.cat(rows))
+    return out
+
+
+def _trainer(config: FinetuneConfig, run_dir: Path, epochs: int) -> tuple[pl.Trainer, ModelCheckpoint]:
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="valid/score", mode="max", save_last=True
+    )
+    trainer = pl.Trainer(
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_epochs=epochs,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.clip_grad,
+        use_distributed_sampler=False,
+        callbacks=[best],
+        logger=[
+            TensorBoardLogger(run_dir, name="tensorboard"),
+            CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every),
+        ],
+        log_every_n_steps=config.log_every,
+        num_sanity_val_steps=0,
+        default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+    return trainer, best
+
+
+def _predict(module: FinetuneModule, loader: DataLoader) -> Tensor:
+    module.eval()
+    with torch.no_grad():
+        return torch.cat([module.activate(module(batch).float()) for batch in loader])
+
+
+def run_round(
+    task: HearTask,
+    round_name: str,
+    train_splits: list[str],
+    valid_split: str,
+    test_split: str,
+    *,
+    checkpoint: str,
+    config: FinetuneConfig,
+    run_dir: Path,
+    frozen: bool,
+) -> dict[str, Any]:
+    """Train on ``train_splits``, select on ``valid_split``, score ``test_split``; write the round's files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(config.seed, workers=True)
+    read = [task.read_split(s, max_seconds=config.max_seconds) for s in [*train_splits, valid_split, test_split]]
+    train = Split(
+        "+".join(train_splits),
+        [w for s in read[:-2] for w in s.wavs],
+        torch.cat([s.targets for s in read[:-2]]),
+        [f for s in read[:-2] for f in s.files],
+        [f for s in read[:-2] for f in s.skipped],
+    )
+    valid, test = read[-2], read[-1]
+    inputs = _frozen_features(checkpoint, [train, valid, test]) if frozen else [train.wavs, valid.wavs, test.wavs]
+    epochs, batch = (config.frozen_epochs, config.frozen_batch_size) if frozen else (config.epochs, config.batch_size)
+    trainer, best = _trainer(config, run_dir, epochs)
+    world = trainer.world_size
+
+    def loader(i: int, split: Split, sampler: Sampler | None = None) -> DataLoader:
+        data = _Items(inputs[i], split.targets)
+        collate = functools.partial(_collate, features=frozen)
+        if sampler is not None:
+            return DataLoader(data, batch_sampler=sampler, collate_fn=collate)
+        return DataLoader(data, batch_size=batch, shuffle=False, collate_fn=collate)
+
+    train_sampler = EpochBatches(len(train.targets), batch, seed=config.seed, world=world)
+    module = FinetuneModule(
+        config.to_dict(),
+        checkpoint=str(checkpoint),
+        labels=task.labels,
+        multilabel=task.multilabel,
+        frozen=frozen,
+        steps_per_epoch=steps_per_epoch(
+            len(train.targets), batch_size=batch, world_size=world, accumulate=config.accumulate_grad_batches
+        ),
+        world_size=world,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if config.resume == "auto" and last.is_file() else None
+    if resume:
+        log.info("resuming %s from %s", round_name, resume)
+    trainer.fit(
+        module,
+        train_dataloaders=loader(0, train, train_sampler),
+        val_dataloaders=loader(1, valid),
+        ckpt_path=resume,
+        weights_only=True,
+    )
+    selected = read_checkpoint(best.best_model_path)  # the package's safe reader: no code from the file runs
+    module.load_state_dict(selected["state_dict"])
+    result = {
+        "round": round_name,
+        "train": train.name,
+        "valid": valid.name,
+        "test": test.name,
+        "best_epoch": int(selected["epoch"]),
+        "valid_scores": task_scores(_predict(module, loader(1, valid)), valid.targets, multilabel=task.multilabel),
+        "skipped_files": {s.name: s.skipped for s in read if s.skipped},
+    }
+    predictions = _predict(module, loader(2, test))
+    result["test_scores"] = task_scores(predictions, test.targets, multilabel=task.multilabel)
+    if trainer.is_global_zero:
+        (run_dir / "test.predictions.json").write_text(
+            json.dumps({"labels": task.labels, "predictions": dict(zip(test.files, predictions.tolist(), strict=True))})
+        )
+        (run_dir / "scores.json").write_text(json.dumps(result, indent=1))
+        plot_run(run_dir, curves=CURVES, title=f"ATST {'frozen' if frozen else 'fine-tuning'}")
+    return result
+
+
+def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, config: FinetuneConfig) -> dict[str, Any]:
+    """Every round of the task in the chosen modes; returns (and writes to ``OUT/scores.json``) the
+    scores: per round, the k-fold mean, fine-tuned and frozen side by side."""
+    task = HearTask.open(task_dir)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    spec = inspect_checkpoint(checkpoint).spec  # an unusable checkpoint fails here, before any training
+    modes = ["frozen"] if config.freeze else (["finetune", "frozen"] if config.baseline else ["finetune"])
+    out = Path(out)
+    report: dict[str, Any] = {
+        "task": task.name,
+        "checkpoint": str(checkpoint),
+        "family": spec.family,
+        "arch": spec.arch,
+        "split_mode": task.split_mode,
+        "settings": config.to_dict(),
+    }
+    for mode in modes:
+        rounds = [
+            run_round(
+                task,
+                name,
+                train,
+                valid,
+                test,
+                checkpoint=str(checkpoint),
+                config=config,
+                run_dir=out / mode / name,
+                frozen=mode == "frozen",
+            )
+            for name, train, valid, test in task.rounds()
+        ]
+        metric = next(iter(rounds[0]["test_scores"]))
+        values = [r["test_scores"][metric] for r in rounds]
+        report[mode] = {
+            "metric": metric,
+            "test_mean": float(np.mean(values)),
+            "test_std": float(np.std(values)),
+            "rounds": rounds,
+        }
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scores.json").write_text(json.dumps(report, indent=1))
+    return report

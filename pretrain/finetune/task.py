@@ -1,0 +1,155 @@
+"""HEAR 2021 task folders (the layout hear-eval-kit reads), for fine-tuning on scene tasks.
+
+A task folder holds ``task_metadata.json``, ``labelvocabulary.csv`` (``idx,label``),
+``<split>.json`` (file name -> list of labels) and the audio under ``16000/<split>/``. Split
+modes: ``trainvaltest`` (splits ``train``, ``valid``, ``test``) and the k-fold modes
+(``new_split_kfold``, ``presplit_kfold``: splits ``fold00`` .. ``foldNN``). For test fold ``k``
+the package trains on the other folds and selects the checkpoint on fold ``k + 1`` (mod ``n``),
+held out of training; it never selects on the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pretrain.model.audio_io import AudioFileError, load_audio
+from pretrain.model.extractor import center_crop
+from pretrain.model.frontend import MIN_SAMPLES, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+KFOLD_MODES = ("new_split_kfold", "presplit_kfold")
+PREDICTION_TYPES = ("multiclass", "multilabel")
+
+
+class TaskError(ValueError):
+    """A task folder that cannot be used as given (missing parts, labels outside the vocabulary)."""
+
+
+@dataclass
+class Split:
+    """The readable clips of one split: waveforms (16 kHz), multi-hot targets, file names."""
+
+    name: str
+    wavs: list[Tensor]
+    targets: Tensor  # (N, n_labels) float 0/1
+    files: list[str]
+    skipped: list[str]
+
+
+@dataclass
+class HearTask:
+    root: Path
+    name: str
+    prediction_type: str
+    split_mode: str
+    labels: list[str]
+    sample_duration: float | None
+    folds: list[str]  # k-fold split names, empty for trainvaltest
+
+    @classmethod
+    def open(cls, root: str | Path) -> HearTask:
+        root = Path(root)
+        meta_path = root / "task_metadata.json"
+        if not meta_path.is_file():
+            raise TaskError(f"not a HEAR task folder: {meta_path} not found")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{meta_path}: not JSON ({err})") from None
+        if meta.get("embedding_type") != "scene":
+            raise TaskError(
+                f"{root.name}: embedding_type {meta.get('embedding_type')!r}; fine-tuning covers scene tasks "
+                "(event tasks: evaluate frozen timestamp embeddings with hear-eval-kit)"
+            )
+        if meta.get("prediction_type") not in PREDICTION_TYPES:
+            raise TaskError(f"{root.name}: prediction_type must be one of {PREDICTION_TYPES}")
+        vocab_path = root / "labelvocabulary.csv"
+        if not vocab_path.is_file():
+            raise TaskError(f"{root.name}: {vocab_path.name} not found")
+        with open(vocab_path, newline="") as f:
+            labels = [row["label"] for row in csv.DictReader(f)]
+        if not labels:
+            raise TaskError(f"{vocab_path}: no labels")
+        mode = meta.get("split_mode", "trainvaltest")
+        if mode in KFOLD_MODES:
+            folds = sorted(p.stem for p in root.glob("fold*.json"))
+            expected = int(meta.get("nfolds", len(folds)))
+            if len(folds) != expected or len(folds) < 3:
+                raise TaskError(f"{root.name}: {mode} needs {expected} (at least 3) fold*.json files, found {folds}")
+        elif mode == "trainvaltest":
+            folds = []
+            for split in ("train", "valid", "test"):
+                if not (root / f"{split}.json").is_file():
+                    raise TaskError(f"{root.name}: split {split!r} missing ({split}.json not found)")
+        else:
+            raise TaskError(f"{root.name}: unknown split_mode {mode!r}")
+        duration = meta.get("sample_duration")
+        return cls(
+            root,
+            meta.get("task_name", root.name),
+            meta["prediction_type"],
+            mode,
+            labels,
+            float(duration) if duration else None,
+            folds,
+        )
+
+    @property
+    def multilabel(self) -> bool:
+        return self.prediction_type == "multilabel"
+
+    def rounds(self) -> list[tuple[str, list[str], str, str]]:
+        """``(round name, train splits, validation split, test split)`` of the task's protocol."""
+        if not self.folds:
+            return [("trainvaltest", ["train"], "valid", "test")]
+        n = len(self.folds)
+        out = []
+        for k, test in enumerate(self.folds):
+            valid = self.folds[(k + 1) % n]
+            out.append((test, [f for f in self.folds if f not in (test, valid)], valid, test))
+        return out
+
+    def read_split(self, split: str, *, max_seconds: float | None = None) -> Split:
+        """Load one split; unreadable or too-short clips are skipped, counted and named in a warning;
+        labels outside the vocabulary are an error. ``max_seconds``: centre crop (official 12 s)."""
+        label_path = self.root / f"{split}.json"
+        if not label_path.is_file():
+            raise TaskError(f"{self.root.name}: split {split!r} missing ({label_path.name} not found)")
+        entries = json.loads(label_path.read_text())
+        index = {label: i for i, label in enumerate(self.labels)}
+        wavs, rows, files, skipped = [], [], [], []
+        for name, labels in entries.items():
+            unknown = [lab for lab in labels if str(lab) not in index]
+            if unknown:
+                raise TaskError(f"{label_path}: {name} has labels not in labelvocabulary.csv: {unknown}")
+            if not self.multilabel and len(labels) != 1:
+                raise TaskError(f"{label_path}: {name} has {len(labels)} labels in a multiclass task")
+            path = self.root / str(SAMPLE_RATE) / split / name
+            try:
+                wav = load_audio(path)
+            except AudioFileError as err:
+                log.warning("skipping %s", err)
+                skipped.append(name)
+                continue
+            if wav.numel() < MIN_SAMPLES:
+                log.warning("skipping %s: %d samples, fewer than %d", path, wav.numel(), MIN_SAMPLES)
+                skipped.append(name)
+                continue
+            if max_seconds is not None:
+                wav = center_crop(wav, int(max_seconds * SAMPLE_RATE))
+            row = torch.zeros(len(self.labels))
+            row[[index[str(lab)] for lab in labels]] = 1.0
+            wavs.append(wav)
+            rows.append(row)
+            files.append(name)
+        if not wavs:
+            raise TaskError(f"{self.root.name}: split {split!r} has no readable clips ({len(skipped)} skipped)")
+        return Split(split, wavs, torch.stack(rows), files, skipped)
