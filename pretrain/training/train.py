@@ -168,7 +168,7 @@ def train(config: PretrainConfig) -> Path:
     ckpt = resume_path(config)
     if ckpt:
         log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)  # resuming runs no code from the file
     final = run_dir / CHECKPOINT_DIR / "final.ckpt"
     trainer.save_checkpoint(final)
     if trainer.is_global_zero:
