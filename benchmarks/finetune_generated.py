@@ -21,24 +21,14 @@ from pathlib import Path
 from measure import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hear_tasks import make_multilabel_scene_task, make_order_task, make_scene_task  # noqa: E402
+from hear_tasks import (  # noqa: E402
+    ORDER_FINETUNE_FLAGS,
+    make_multilabel_scene_task,
+    make_order_task,
+    make_scene_task,
+)
 
 from pretrain import write_random_checkpoint  # noqa: E402
-
-ORDER_FLAGS = [
-    "--epochs",
-    "30",
-    "--lr",
-    "2",
-    "--batch-size",
-    "16",
-    "--mixup-alpha",
-    "0",
-    "--rrc",
-    "false",
-    "--layer-decay",
-    "1",
-]
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
         tasks = {
             "scene (4 sound kinds, multiclass)": (make_scene_task(root), []),
             "tags (multilabel)": (make_multilabel_scene_task(root), []),
-            "temporal order (2 classes)": (make_order_task(root, counts=(96, 24, 48)), ORDER_FLAGS),
+            "temporal order (2 classes)": (make_order_task(root, counts=(96, 24, 48)), ORDER_FINETUNE_FLAGS),
         }
         for family in ("clip", "frame"):
             checkpoint = write_random_checkpoint(root / f"{family}.ckpt", "tiny", family=family, seed=0)

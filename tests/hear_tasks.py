@@ -51,6 +51,21 @@ def _shaped(rng, kind: str, n: int) -> np.ndarray:
     return rng.uniform(0.05, 0.5) * envelope * x / (np.abs(x).max() + 1e-9)
 
 
+def _scene_metadata(name: str, prediction_type: str, splits: list[str], seconds: float, **extra) -> dict:
+    metric = "mAP" if prediction_type == "multilabel" else "top1_acc"
+    return {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "scene",
+        "prediction_type": prediction_type,
+        "split_mode": "trainvaltest",
+        "splits": splits,
+        "sample_duration": seconds,
+        "evaluation": [metric],
+        **extra,
+    }
+
+
 def _write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
     root.mkdir(parents=True)
     (root / "task_metadata.json").write_text(json.dumps(metadata, indent=2))
@@ -81,16 +96,7 @@ def make_scene_task(
                 audio[start : start + length] = _shaped(rng, label, length)
                 files[f"{label}_{i:03d}.wav"] = (audio, [label])
         splits[split] = files
-    metadata = {
-        "task_name": name,
-        "version": "synthetic-1",
-        "embedding_type": "scene",
-        "prediction_type": "multiclass",
-        "split_mode": "trainvaltest",
-        "splits": list(SPLITS),
-        "sample_duration": seconds,
-        "evaluation": ["top1_acc"],
-    }
+    metadata = _scene_metadata(name, "multiclass", list(SPLITS), seconds)
     return _write_task(tasks_dir / name, metadata, list(SOUNDS), splits)
 
 
@@ -133,6 +139,22 @@ def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: floa
 
 
 ORDER_LABELS = ("tone_then_noise", "noise_then_tone")
+# Fine-tuning a randomly initialised encoder on the order task: nothing pretrained to protect in the
+# lower layers (layer decay 1, not the official 0.75), and no mixup or crop blurring the order.
+ORDER_FINETUNE_FLAGS = [
+    "--epochs",
+    "30",
+    "--lr",
+    "2",
+    "--batch-size",
+    "16",
+    "--mixup-alpha",
+    "0",
+    "--rrc",
+    "false",
+    "--layer-decay",
+    "1",
+]
 
 
 def make_order_task(
@@ -160,18 +182,8 @@ def make_order_task(
             audio[start2 : start2 + length] += _shaped(rng, second, length)
             files[f"{label}_{i:03d}.wav"] = (audio, [label])
         splits[split] = files
-    metadata = {
-        "task_name": name,
-        "version": "synthetic-1",
-        "embedding_type": "scene",
-        "prediction_type": "multiclass",
-        "split_mode": "new_split_kfold" if folds else "trainvaltest",
-        "splits": names,
-        "sample_duration": seconds,
-        "evaluation": ["top1_acc"],
-    }
-    if folds:
-        metadata["nfolds"] = folds
+    kfold = {"split_mode": "new_split_kfold", "nfolds": folds} if folds else {}
+    metadata = _scene_metadata(name, "multiclass", names, seconds, **kfold)
     return _write_task(tasks_dir / name, metadata, list(ORDER_LABELS), splits)
 
 
@@ -194,14 +206,5 @@ def make_multilabel_scene_task(
                 audio[start : start + length] += _shaped(rng, tag, length)
             files[f"clip_{i:03d}.wav"] = (audio, tags)
         splits[split] = files
-    metadata = {
-        "task_name": name,
-        "version": "synthetic-1",
-        "embedding_type": "scene",
-        "prediction_type": "multilabel",
-        "split_mode": "trainvaltest",
-        "splits": list(SPLITS),
-        "sample_duration": seconds,
-        "evaluation": ["mAP"],
-    }
+    metadata = _scene_metadata(name, "multilabel", list(SPLITS), seconds)
     return _write_task(tasks_dir / name, metadata, list(kinds), splits)
