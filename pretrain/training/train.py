@@ -170,7 +170,7 @@ def train(config: PretrainConfig) -> Path:
         log.info("resuming from %s", ckpt)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)  # resuming runs no code from the file
     final = run_dir / CHECKPOINT_DIR / "final.ckpt"
-    trainer.save_checkpoint(final)
+    trainer.save_checkpoint(final, weights_only=False)  # the whole state (optimizer, loops), as last.ckpt
     if trainer.is_global_zero:
         export_teacher(final, run_dir / TEACHER_EXPORT)
         log.info("skipped %d unreadable files; final checkpoint %s", module.skipped_files, final)
