@@ -280,6 +280,10 @@ def test_bad_task_folders_give_clear_errors(tiny_checkpoint, tasks, tmp_path, ca
     (event / "task_metadata.json").write_text(json.dumps({**meta, "embedding_type": "event"}))
     assert "fine-tuning covers scene tasks" in error_of(event)
     assert "checkpoint not found" in error_of(tasks / "synth_scene", tmp_path / "none.ckpt")
+    single = _copy(tasks / "synth_scene", tmp_path / "d")
+    labels = json.loads((single / "train.json").read_text())
+    (single / "train.json").write_text(json.dumps(dict(list(labels.items())[:1])))
+    assert "1 readable training clip(s); fine-tuning needs at least 2" in error_of(single)
 
 
 def test_unreadable_clips_are_skipped_and_counted(tiny_checkpoint, tasks, tmp_path):

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pretrain.finetune.metrics import task_scores
 from pretrain.finetune.module import FinetuneModule, steps_per_epoch
 from pretrain.finetune.recipe import FinetuneConfig
-from pretrain.finetune.task import HearTask, Split
+from pretrain.finetune.task import HearTask, Split, TaskError
 from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.training.data import mix_seed
@@ -160,6 +160,8 @@ def run_round(
         [f for s in read[:-2] for f in s.skipped],
     )
     valid, test = read[-2], read[-1]
+    if len(train.targets) < 2:  # the head's BatchNorm needs two clips in a training batch
+        raise TaskError(f"{task.name}: {len(train.targets)} readable training clip(s); fine-tuning needs at least 2")
     inputs = _frozen_features(checkpoint, [train, valid, test]) if frozen else [train.wavs, valid.wavs, test.wavs]
     epochs, batch = (config.frozen_epochs, config.frozen_batch_size) if frozen else (config.epochs, config.batch_size)
     trainer, best = _trainer(config, run_dir, epochs)
