@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("ATST_SHARED", REPO.parent / "shared"))
 
-from measure import machine  # noqa: E402
+from measure import machine, write_report  # noqa: E402
 
 from pretrain.model.encoder import ATSTEncoder  # noqa: E402
 from pretrain.training.teacher_student import projection_head  # noqa: E402
@@ -198,10 +198,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *rows,
     ]
-    text = "\n".join(table)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print("\n".join(table))
+    write_report(table, args.out)
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import machine
+from measure import machine, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hear_tasks import (  # noqa: E402
@@ -80,8 +80,7 @@ def main() -> None:
                 )
                 print(lines[-1], flush=True)
     print(lines[0])
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

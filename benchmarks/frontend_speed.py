@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from measure import machine
+from measure import machine, write_report
 
 from pretrain.model.frontend import DB_MAX, DB_MIN, LogMelFrontEnd
 
@@ -92,11 +92,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print("\n".join(lines))
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

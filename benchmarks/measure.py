@@ -1,10 +1,11 @@
-"""What the benchmarks share: the machine they ran on, and a process's own peak memory."""
+"""What the benchmarks share: the machine they ran on, a process's own peak memory, the report file."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
@@ -35,3 +36,9 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_report(lines: list[str], out: str | os.PathLike | None) -> None:
+    """The benchmark's markdown table (``lines``) to ``out``, when one is given."""
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from measure import machine
+from measure import machine, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_official import (  # noqa: E402
@@ -248,8 +248,7 @@ def main() -> None:
                      f"| {rate * batch:.1f} |")
         print(lines[-1], flush=True)
     print("\n".join(lines[:1]))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import soxr
 import torch
-from measure import machine
+from measure import machine, write_report
 
 TARGET = 16_000
 RATES = (8_000, 22_050, 44_100, 48_000)
@@ -119,11 +119,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *rows,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print("\n".join(lines))
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
