@@ -27,6 +27,7 @@ from hear_tasks import (  # noqa: E402
     make_order_task,
     make_scene_task,
 )
+from pretrain_runs import finetune_command  # noqa: E402
 
 from pretrain import write_random_checkpoint  # noqa: E402
 
@@ -53,23 +54,7 @@ def main() -> None:
             for label, (task, flags) in tasks.items():
                 out = root / f"run_{family}_{task.name}"
                 start = time.perf_counter()
-                command = [
-                    sys.executable,
-                    "-m",
-                    "pretrain",
-                    "finetune",
-                    "--checkpoint",
-                    str(checkpoint),
-                    "--task",
-                    str(task),
-                    "--out",
-                    str(out),
-                    "--preset",
-                    "tiny",
-                    "--baseline",
-                    "true",
-                    *flags,
-                ]
+                command = finetune_command(checkpoint, task, out, "--preset", "tiny", "--baseline", "true", *flags)
                 subprocess.run(command, check=True, capture_output=True)
                 seconds = time.perf_counter() - start
                 report = json.loads((out / "scores.json").read_text())

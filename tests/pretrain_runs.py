@@ -35,6 +35,23 @@ def train_command(data: Path, run_dir: Path, *extra: str, method: str = "clip") 
     ]
 
 
+def finetune_command(checkpoint: Path, task: Path, out: Path, *extra: str) -> list[str]:
+    """`python -m pretrain finetune` on a HEAR task folder."""
+    return [
+        sys.executable,
+        "-m",
+        "pretrain",
+        "finetune",
+        "--checkpoint",
+        str(checkpoint),
+        "--task",
+        str(task),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def run_training(data: Path, run_dir: Path, *extra: str, method: str = "clip") -> subprocess.CompletedProcess:
     command = train_command(data, run_dir, *extra, method=method)
     result = subprocess.run(command, capture_output=True, text=True, env=ENV)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hear_tasks import ORDER_FINETUNE_FLAGS, make_multilabel_scene_task, make_order_task, make_scene_task
-from pretrain_runs import ENV
+from pretrain_runs import ENV, finetune_command
 
 from pretrain import read_checkpoint, write_random_checkpoint
 from pretrain.finetune.metrics import mean_average_precision, top1_acc
@@ -23,14 +22,8 @@ from pretrain.finetune.recipe import PRESETS, FinetuneConfig
 QUICK = ["--preset", "tiny", "--epochs", "3", "--frozen-epochs", "5"]
 
 
-def finetune_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pretrain", "finetune", *args], capture_output=True, text=True, env=ENV
-    )
-
-
 def run_finetune(checkpoint: Path, task: Path, out: Path, *extra: str) -> dict:
-    result = finetune_cli("--checkpoint", str(checkpoint), "--task", str(task), "--out", str(out), *extra)
+    result = subprocess.run(finetune_command(checkpoint, task, out, *extra), capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return json.loads((out / "scores.json").read_text())
 
@@ -195,19 +188,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_checkpoint, tasks, tmp_p
     flags = ["--preset", "tiny", "--epochs", "4", "--mixup-alpha", "0"]  # the mixup bank starts empty on resume
     straight = run_finetune(tiny_checkpoint, tasks / "synth_scene", tmp_path / "straight", *flags)
     out = tmp_path / "interrupted"
-    command = [
-        sys.executable,
-        "-m",
-        "pretrain",
-        "finetune",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--task",
-        str(tasks / "synth_scene"),
-        "--out",
-        str(out),
-        *flags,
-    ]
+    command = finetune_command(tiny_checkpoint, tasks / "synth_scene", out, *flags)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     metrics = out / "finetune" / "trainvaltest" / "csv" / "version_0" / "metrics.csv"
     deadline = time.time() + 300
