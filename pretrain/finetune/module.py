@@ -30,8 +30,10 @@ from torch import Tensor, nn
 
 from pretrain.finetune.metrics import task_scores
 from pretrain.finetune.recipe import FinetuneConfig
+from pretrain.model.checkpoint import inspect_checkpoint
+from pretrain.model.encoder import FAMILIES
 from pretrain.model.extractor import ATSTFeatureExtractor
-from pretrain.model.features import scene_embedding
+from pretrain.model.features import scene_embedding, scene_embedding_width
 from pretrain.training.augment import RandomResizeCrop
 from pretrain.training.schedules import learning_rate
 
@@ -106,13 +108,14 @@ class FinetuneModule(pl.LightningModule):
         self.save_hyperparameters()
         c = self.config = FinetuneConfig(**config)
         self.multilabel, self.frozen = multilabel, frozen
-        extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
-        depth = extractor.encoder.depth
-        feature_dim = extractor.scene_embedding_size(depth if frozen else 1)
-        if frozen:
+        if frozen:  # the features come precomputed: only their width is needed, read without the weights
+            spec = inspect_checkpoint(checkpoint).spec
+            feature_dim = scene_embedding_width(FAMILIES[spec.family], spec.depth, spec.embed_dim)
             self.extractor = None
         else:
-            self.extractor = extractor
+            extractor = self.extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
+            depth = extractor.encoder.depth
+            feature_dim = extractor.scene_embedding_size(1)
             # only Frame pretraining uses the mask token: a parameter without gradients stalls DDP
             extractor.encoder.mask_embed.requires_grad_(False)
             for i, block in enumerate(extractor.encoder.blocks):

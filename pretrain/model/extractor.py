@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pretrain.model.audio_input import check_clips
 from pretrain.model.checkpoint import EncoderSpec, load_encoder
 from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
-from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
+from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding, scene_embedding_width
 from pretrain.model.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
@@ -91,7 +91,7 @@ class ATSTFeatureExtractor(nn.Module):
 
     def scene_embedding_size(self, n_blocks: int) -> int:
         """Clip: CLS and token mean per block; Frame: token mean per block."""
-        return (1 + self.encoder.n_prefix) * n_blocks * self.encoder.embed_dim
+        return scene_embedding_width(self.encoder.family, n_blocks, self.encoder.embed_dim)
 
     def check_n_blocks(self, n_blocks: int) -> int:
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= self.encoder.depth:

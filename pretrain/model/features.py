@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
+from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder, Family
 
 DEFAULT_CHUNKS_PER_PASS = 32
 # A pass holds chunks at least this fraction as wide as its widest, so padding wastes little
@@ -70,6 +70,11 @@ def _chunk_mels(mels: Tensor, group: list[_Chunk]) -> Tensor:
         piece = mels[c.clip, :, c.start_frame : c.start_frame + c.n_frames]
         pieces.append(F.pad(piece, (0, width - c.n_frames)))
     return torch.stack(pieces)
+
+
+def scene_embedding_width(family: Family, n_blocks: int, embed_dim: int) -> int:
+    """Width of ``scene_embedding``: Clip CLS and token mean per block, Frame the token mean."""
+    return (1 + family.n_prefix) * n_blocks * embed_dim
 
 
 def scene_embedding(
