@@ -35,21 +35,13 @@ def train_command(data: Path, run_dir: Path, *extra: str, method: str = "clip") 
     ]
 
 
+def finetune_args(checkpoint: Path, task: Path, out: Path, *extra: str) -> list[str]:
+    """The arguments of `python -m pretrain finetune` on a HEAR task folder."""
+    return ["finetune", "--checkpoint", str(checkpoint), "--task", str(task), "--out", str(out), *extra]
+
+
 def finetune_command(checkpoint: Path, task: Path, out: Path, *extra: str) -> list[str]:
-    """`python -m pretrain finetune` on a HEAR task folder."""
-    return [
-        sys.executable,
-        "-m",
-        "pretrain",
-        "finetune",
-        "--checkpoint",
-        str(checkpoint),
-        "--task",
-        str(task),
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return [sys.executable, "-m", "pretrain", *finetune_args(checkpoint, task, out, *extra)]
 
 
 def run_training(data: Path, run_dir: Path, *extra: str, method: str = "clip") -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hear_tasks import ORDER_FINETUNE_FLAGS, make_multilabel_scene_task, make_order_task, make_scene_task
-from pretrain_runs import ENV, finetune_command
+from pretrain_runs import ENV, finetune_args, finetune_command
 
 from pretrain import read_checkpoint, write_random_checkpoint
 from pretrain.finetune.metrics import mean_average_precision, top1_acc
@@ -232,18 +232,7 @@ def test_bad_task_folders_give_clear_errors(tiny_checkpoint, tasks, tmp_path, ca
 
     def error_of(task: Path, checkpoint: Path = tiny_checkpoint) -> str:
         with pytest.raises(SystemExit) as exit_:
-            main(
-                [
-                    "finetune",
-                    "--checkpoint",
-                    str(checkpoint),
-                    "--task",
-                    str(task),
-                    "--out",
-                    str(tmp_path / "out"),
-                    *QUICK,
-                ]
-            )
+            main(finetune_args(checkpoint, task, tmp_path / "out", *QUICK))
         assert exit_.value.code == 2
         return capsys.readouterr().err
 
