@@ -5,12 +5,12 @@ length and level)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
-import soundfile
+
+from pretrain.finetune.task import scene_metadata, write_task
 
 SR = 16000
 SPLITS = ("train", "valid", "test")
@@ -51,34 +51,6 @@ def _shaped(rng, kind: str, n: int) -> np.ndarray:
     return rng.uniform(0.05, 0.5) * envelope * x / (np.abs(x).max() + 1e-9)
 
 
-def _scene_metadata(name: str, prediction_type: str, splits: list[str], seconds: float, **extra) -> dict:
-    metric = "mAP" if prediction_type == "multilabel" else "top1_acc"
-    return {
-        "task_name": name,
-        "version": "synthetic-1",
-        "embedding_type": "scene",
-        "prediction_type": prediction_type,
-        "split_mode": "trainvaltest",
-        "splits": splits,
-        "sample_duration": seconds,
-        "evaluation": [metric],
-        **extra,
-    }
-
-
-def _write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
-    root.mkdir(parents=True)
-    (root / "task_metadata.json").write_text(json.dumps(metadata, indent=2))
-    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))
-    for split, files in splits.items():
-        (root / f"{split}.json").write_text(json.dumps({name: target for name, (_, target) in files.items()}))
-        for name, (audio, _) in files.items():
-            path = root / str(SR) / split / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            soundfile.write(str(path), audio.astype(np.float32), SR)
-    return root
-
-
 def make_scene_task(
     tasks_dir: Path, *, name: str = "synth_scene", seconds: float = 2.0, per_class=(6, 3, 3), seed=0
 ) -> Path:
@@ -96,8 +68,8 @@ def make_scene_task(
                 audio[start : start + length] = _shaped(rng, label, length)
                 files[f"{label}_{i:03d}.wav"] = (audio, [label])
         splits[split] = files
-    metadata = _scene_metadata(name, "multiclass", list(SPLITS), seconds)
-    return _write_task(tasks_dir / name, metadata, list(SOUNDS), splits)
+    metadata = scene_metadata(name, "multiclass", list(SPLITS), seconds)
+    return write_task(tasks_dir / name, metadata, list(SOUNDS), splits)
 
 
 EVENT_LABELS = ("tone", "noise")
@@ -135,7 +107,7 @@ def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: floa
             "event_postprocessing_grid": {"median_filter_ms": [160], "min_duration": [80, 160]},
         },
     }
-    return _write_task(tasks_dir / name, metadata, list(EVENT_LABELS), splits)
+    return write_task(tasks_dir / name, metadata, list(EVENT_LABELS), splits)
 
 
 ORDER_LABELS = ("tone_then_noise", "noise_then_tone")
@@ -183,8 +155,8 @@ def make_order_task(
             files[f"{label}_{i:03d}.wav"] = (audio, [label])
         splits[split] = files
     kfold = {"split_mode": "new_split_kfold", "nfolds": folds} if folds else {}
-    metadata = _scene_metadata(name, "multiclass", names, seconds, **kfold)
-    return _write_task(tasks_dir / name, metadata, list(ORDER_LABELS), splits)
+    metadata = scene_metadata(name, "multiclass", names, seconds, **kfold)
+    return write_task(tasks_dir / name, metadata, list(ORDER_LABELS), splits)
 
 
 def make_multilabel_scene_task(
@@ -206,5 +178,5 @@ def make_multilabel_scene_task(
                 audio[start : start + length] += _shaped(rng, tag, length)
             files[f"clip_{i:03d}.wav"] = (audio, tags)
         splits[split] = files
-    metadata = _scene_metadata(name, "multilabel", list(SPLITS), seconds)
-    return _write_task(tasks_dir / name, metadata, list(kinds), splits)
+    metadata = scene_metadata(name, "multilabel", list(SPLITS), seconds)
+    return write_task(tasks_dir / name, metadata, list(kinds), splits)

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import torch
 from torch import Tensor
 
@@ -153,3 +155,33 @@ class HearTask:
         if not wavs:
             raise TaskError(f"{self.root.name}: split {split!r} has no readable clips ({len(skipped)} skipped)")
         return Split(split, wavs, torch.stack(rows), files, skipped)
+
+
+def scene_metadata(name: str, prediction_type: str, splits: list[str], seconds: float, **extra) -> dict:
+    """``task_metadata.json`` of a trainvaltest scene task (``top1_acc`` or ``mAP`` evaluation)."""
+    metric = "mAP" if prediction_type == "multilabel" else "top1_acc"
+    return {
+        "task_name": name,
+        "version": "generated-1",
+        "embedding_type": "scene",
+        "prediction_type": prediction_type,
+        "split_mode": "trainvaltest",
+        "splits": splits,
+        "sample_duration": seconds,
+        "evaluation": [metric],
+        **extra,
+    }
+
+
+def write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
+    """Write a task folder: ``splits`` maps split -> file name -> (16 kHz audio, labels)."""
+    root.mkdir(parents=True)
+    (root / "task_metadata.json").write_text(json.dumps(metadata, indent=2))
+    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))
+    for split, files in splits.items():
+        (root / f"{split}.json").write_text(json.dumps({name: target for name, (_, target) in files.items()}))
+        for name, (audio, _) in files.items():
+            path = root / str(SAMPLE_RATE) / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(str(path), np.asarray(audio, dtype=np.float32), SAMPLE_RATE)
+    return root
