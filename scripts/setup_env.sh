@@ -27,6 +27,19 @@ if [ "$STACK" = harness ] && ! ldconfig -p | grep -q 'libsox\.so '; then
     fi
 fi
 
+# Real sound for the online probe's tasks and the demo corpus (pretrain/training/rendered_sound.py):
+# speech from espeak-ng and flite, General MIDI instruments from fluidsynth and a small soundfont.
+if ! { command -v espeak-ng && command -v flite && command -v fluidsynth; } >/dev/null \
+    || [ ! -f /usr/share/sounds/sf2/TimGM6mb.sf2 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing espeak-ng, flite, fluidsynth, timgm6mb-soundfont (real sound for the probe tasks)" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            espeak-ng flite fluidsynth timgm6mb-soundfont) >/dev/null
+    else
+        echo "warning: espeak-ng/flite/fluidsynth/timgm6mb-soundfont missing; the probe tests need them" >&2
+    fi
+fi
+
 want=$(cat "$LOCK" requirements/hear-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.atst-requirements"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
