@@ -9,7 +9,7 @@ shard    write a folder or manifest as WebDataset tar shards with an index (resu
 plot     draw a run's curves to a PNG
 export   write a checkpoint's teacher encoder alone as safetensors
 synth    write the built-in synthetic corpus
-demo     synthetic corpus -> tiny pretraining -> hear-validator -> embeddings
+demo     rendered corpus -> tiny pretraining with the probe -> hear-validator -> embeddings
 init     write a randomly initialised encoder checkpoint (Clip or Frame)
 inspect  what a checkpoint holds: family, layout, shape, crop, step, student/optimizer/...
 embed    scene embeddings of audio files
@@ -125,9 +125,12 @@ def _shard(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from pretrain.training.plot import plot_run
+    from pretrain.training.plot import plot_probe, plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
+    probe = plot_probe(args.run_dir)
+    if probe:
+        print(f"wrote {probe}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -144,21 +147,34 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from pretrain.training import rendered_sound
+    from pretrain.training.plot import plot_probe, plot_run
     from pretrain.training.synthetic import make_corpus
     from pretrain.training.train import train
 
     out = Path(args.out)
-    corpus = out / "synthetic_corpus"
-    print(f"== 1/4 synthetic corpus (labelled synthetic: tones, chirps, noise bursts, clicks) in {corpus}")
-    clips = make_corpus(corpus, n_clips=args.clips, seed=0)
+    missing = rendered_sound.missing_tools()
+    if missing:  # the corpus stays synthetic and the run has no probe where the Debian tools are absent
+        corpus = out / "synthetic_corpus"
+        print(f"== 1/5 synthetic corpus in {corpus} (no real sound: missing {', '.join(missing)})")
+        clips = make_corpus(corpus, n_clips=args.clips, seed=0)
+        probe = []
+    else:
+        corpus = out / "rendered_corpus"
+        print(f"== 1/5 corpus of real sound in {corpus}: espeak-ng/flite speech, fluidsynth instruments and drums")
+        clips = rendered_sound.make_rendered_corpus(corpus, n_clips=args.clips, seed=0)
+        print("== 2/5 held-out probe tasks: spoken commands, speaker, instrument family, drum hits")
+        probe = rendered_sound.make_probe_tasks(out / "probe_tasks", per_class=(8, 2, 6), seed=100)
     preset = {"clip": "tiny", "frame": "frame-tiny"}[args.method]
-    print(f"== 2/4 tiny ATST-{args.method.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
+    print(f"== 3/5 tiny ATST-{args.method.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
     flags = ["--preset", preset, "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
+    if probe:
+        flags += ["--probe", ",".join(map(str, probe))]
     final = train(run_config.from_arguments(_parser().parse_args(["train", *flags])))
-    from pretrain.training.plot import plot_run
-
     print(f"curves: {plot_run(out / 'run')}")
-    print("== 3/4 hear-validator on the new checkpoint")
+    if probe:
+        print(f"online probe (k-NN / linear accuracy, effective rank): {plot_probe(out / 'run')}")
+    print("== 4/5 hear-validator on the new checkpoint")
     validator = Path(sys.executable).parent / "hear-validator"
     result = subprocess.run(
         [str(validator), "atst_hear", "-m", str(final), "-d", "cpu"], capture_output=True, text=True
@@ -166,7 +182,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:])
     if result.returncode:
         raise SystemExit(result.returncode)
-    print("== 4/4 embeddings of a few clips")
+    print("== 5/5 embeddings of a few clips")
     _embed(argparse.Namespace(checkpoint=final, audio=clips[:4], n_blocks=None, out=out / "embeddings.npy"))
 
 
@@ -213,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_synth)
-    p = sub.add_parser("demo", help="synthetic corpus, tiny pretraining, hear-validator, embeddings")
+    p = sub.add_parser("demo", help="rendered corpus, tiny pretraining with the probe, hear-validator, embeddings")
     p.add_argument("--method", choices=sorted(FAMILIES), default="clip", help="ATST-Clip or ATST-Frame")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--clips", type=int, default=96)

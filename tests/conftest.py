@@ -155,3 +155,13 @@ def corpus(tmp_path_factory) -> Path:
     make_corpus(root, n_clips=24, seed=0)
     (root / "zz_corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
     return root
+
+
+@pytest.fixture(scope="session")
+def probe_tasks(tmp_path_factory) -> list[Path]:
+    """The four rendered-sound probe tasks (speech, speaker, instruments, drums), small: 4 / 2 / 3
+    clips per label in train / valid / test. Needs Debian's espeak-ng, flite, fluidsynth and a GM
+    soundfont, which scripts/setup_env.sh installs."""
+    from pretrain.training.rendered_sound import make_probe_tasks
+
+    return make_probe_tasks(tmp_path_factory.mktemp("probe_tasks"), per_class=(4, 2, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_t
 import atst_hear
 from pretrain import load_encoder, read_checkpoint
 from pretrain.model.encoder import ATSTEncoder
+from pretrain.training.probe import read_probe
 from pretrain.training.schedules import learning_rate, weight_decay
 
 WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip CLS + mean, Frame mean
@@ -124,8 +126,12 @@ def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
 
 
 @pytest.mark.parametrize("method", ["clip", "frame"])
-def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path, method):
+def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path, method):
     flags = [
+        "--probe",
+        ",".join(str(t) for t in probe_tasks[:2]),
+        "--probe-every",
+        "4",
         "--max-steps",
         "12",
         "--batch-size",
@@ -156,14 +162,26 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path, method):
         assert resumed["train/ema"][step] == straight["train/ema"][step]
         if method == "frame":  # the masks are functions of the seed and the step too
             assert resumed["train/mask_fraction"][step] == straight["train/mask_fraction"][step]
+    # the online probe continues across the resume; up to the resume point the same teacher gives the
+    # same figures (after it, the views differ: the Mixup banks start empty)
+    probes = [{r["step"]: r for r in read_probe(d)} for d in (tmp_path / "straight", interrupted)]
+    assert sorted(probes[0]) == sorted(probes[1]) == [0, 4, 8, 12]
+    for step in (0, 4, 8):
+        assert {k: v for k, v in probes[0][step].items() if k != "seconds"} == {
+            k: v for k, v in probes[1][step].items() if k != "seconds"
+        }
 
 
 @pytest.mark.parametrize("method", ["clip", "frame"])
-def test_two_process_ddp_on_cpu(corpus, tmp_path, method):
+def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, method):
     run_dir = tmp_path / "ddp"
     run_training(
         corpus,
         run_dir,
+        "--probe",
+        str(probe_tasks[0]),
+        "--probe-every",
+        "3",
         "--max-steps",
         "6",
         "--batch-size",
@@ -191,6 +209,9 @@ def test_two_process_ddp_on_cpu(corpus, tmp_path, method):
     assert lr[1] == pytest.approx(learning_rate(1, peak=4e-3 * 4 * 2 / 256, total_steps=6, warmup_steps=2), rel=1e-5)
     model = atst_hear.load_model(str(run_dir / "checkpoints" / "final.ckpt"))
     assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, WIDTH[method])
+    # rank 0 alone probes: one record per probed step, and the probe's lines are in the logs
+    assert [json.loads(line)["step"] for line in (run_dir / "probe.jsonl").read_text().splitlines()] == [0, 3, 6]
+    assert sorted(metrics(run_dir)["probe/speech_commands/knn"]) == [0, 3, 6]
 
 
 def test_check_command_reports_the_corrupt_file(corpus):

@@ -57,6 +57,8 @@ class PretrainConfig:
     log_every: int = 50
     seed: int = 0
     resume: str = "auto"  # "auto": the run's last.ckpt if there is one; "never"; or a checkpoint path
+    probe: str = ""  # HEAR scene task folders, comma-separated: the online probe (pretrain.training.probe)
+    probe_every: int = 0  # optimizer steps between probes; 0: a tenth of max_steps
     log_data_order: bool = False  # every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +209,11 @@ def validate(config: PretrainConfig) -> None:
             )
     if config.max_steps <= config.warmup_steps:
         raise ValueError(f"max_steps ({config.max_steps}) must exceed warmup_steps ({config.warmup_steps})")
+    if config.probe_every < 0:
+        raise ValueError(f"probe_every must be >= 0, got {config.probe_every}")
+    for task in filter(None, config.probe.split(",")):
+        if not (Path(task) / "task_metadata.json").is_file():
+            raise ValueError(f"probe task {task!r} is not a HEAR task folder (no task_metadata.json)")
     positive = ("batch_size", "accumulate_grad_batches", "checkpoint_every", "num_nodes", "log_every", "shuffle_buffer")
     for name in positive:
         if getattr(config, name) < 1:

@@ -15,6 +15,7 @@ from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
 from pretrain.training.config import PretrainConfig
 from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
+from pretrain.training.probe import OnlineProbe
 from pretrain.training.shard_stream import ShardStream, is_shard_source, resolve_shards
 from pretrain.training.views import VIEWS
 
@@ -133,6 +134,11 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
     # CSV rows reach the disk at every logging step, so a killed run keeps its curves up to its last log
     csv_logger = CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every)
     loggers = [TensorBoardLogger(run_dir, name="tensorboard"), csv_logger]
+    callbacks: list[pl.Callback] = [checkpoints]
+    probe_tasks = [t for t in config.probe.split(",") if t]
+    if probe_tasks:
+        every = config.probe_every or max(1, config.max_steps // 10)
+        callbacks.append(OnlineProbe(probe_tasks, every=every, chunk_seconds=config.crop_seconds, run_dir=run_dir))
     devices = _devices(config.devices)
     multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
     # SyncBatchNorm needs CUDA; CPU processes (gloo) keep per-process batch statistics
@@ -147,7 +153,7 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
         accumulate_grad_batches=config.accumulate_grad_batches,
         sync_batchnorm=multi and on_gpu,
         use_distributed_sampler=False,
-        callbacks=[checkpoints],
+        callbacks=callbacks,
         logger=loggers,
         log_every_n_steps=config.log_every,
         default_root_dir=run_dir,
