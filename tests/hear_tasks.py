@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.finetune.task import scene_metadata, write_task
+from pretrain.model.hear_task import scene_metadata, write_task
 
 SR = 16000
 SPLITS = ("train", "valid", "test")

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pretrain.finetune.metrics import task_scores
 from pretrain.finetune.module import FinetuneModule, steps_per_epoch
 from pretrain.finetune.recipe import FinetuneConfig
-from pretrain.finetune.task import HearTask, Split, TaskError
 from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.model.hear_task import HearTask, Split, TaskError
 from pretrain.training.data import mix_seed
 from pretrain.training.plot import plot_run
 

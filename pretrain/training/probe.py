@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.finetune.task import HearTask, TaskError
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.extractor import FRAMES_PER_SECOND
 from pretrain.model.features import scene_embedding
 from pretrain.model.frontend import LogMelFrontEnd
+from pretrain.model.hear_task import HearTask, TaskError
 
 log = logging.getLogger(__name__)
 

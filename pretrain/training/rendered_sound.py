@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pretrain.finetune.task import scene_metadata, write_task
 from pretrain.model.audio_io import to_mono_16k
+from pretrain.model.hear_task import scene_metadata, write_task
 
 SAMPLE_RATE = 16000
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2")

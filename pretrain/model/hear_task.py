@@ -1,4 +1,5 @@
-"""HEAR 2021 task folders (the layout hear-eval-kit reads), for fine-tuning on scene tasks.
+"""HEAR 2021 task folders (the layout hear-eval-kit reads): read for fine-tuning and for the online
+probe of pretraining, written for generated tasks (``write_task``).
 
 A task folder holds ``task_metadata.json``, ``labelvocabulary.csv`` (``idx,label``),
 ``<split>.json`` (file name -> list of labels) and the audio under ``16000/<split>/``. Split
