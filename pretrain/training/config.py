@@ -100,6 +100,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema": 0.9995,
     },
     "tiny": {**_CPU_SIZED, "crop_seconds": 2.0},
+    # tiny for about 7 minutes on two cores, with a slow teacher: the settings that learn on this scale
+    # (README "Does pretraining learn?": with EMA 0.99 the teacher follows the student within ~100 steps
+    # and the embeddings collapse to a few directions; at 0.998 it keeps its random-init richness longer)
+    "tiny-long": {
+        **_CPU_SIZED,
+        "crop_seconds": 2.0,
+        "max_steps": 1500,
+        "warmup_steps": 50,
+        "ema": 0.998,
+        "checkpoint_every": 500,
+        "log_every": 25,
+    },
     # official ATST-Frame small (atstframe/train_small.sh): 4 GPUs x 256, base lr 4e-4, 1,950 warm-up,
     # 58,500 steps, EMA 0.997, 10 s crops, spans of 5 at 0.65
     "frame-small": {
