@@ -6,9 +6,10 @@ check    scan a dataset and report unreadable, empty, short or silent files
 finetune fine-tune (or --freeze: linear-probe) a checkpoint on a HEAR task folder, official recipe
 manifest a manifest from AudioSet's segment CSVs and the downloaded files
 shard    write a folder or manifest as WebDataset tar shards with an index (resumable)
-plot     draw a run's curves to a PNG
+plot     draw a run's curves (and its online probe's) to PNGs
 export   write a checkpoint's teacher encoder alone as safetensors
-synth    write the built-in synthetic corpus
+synth    write the built-in synthetic corpus (--rendered: real sound from espeak-ng, flite, fluidsynth)
+probe-tasks  write the rendered-sound HEAR tasks of the online probe (--probe)
 demo     rendered corpus -> tiny pretraining with the probe -> hear-validator -> embeddings
 init     write a randomly initialised encoder checkpoint (Clip or Frame)
 inspect  what a checkpoint holds: family, layout, shape, crop, step, student/optimizer/...
@@ -140,10 +141,19 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from pretrain.training.rendered_sound import make_rendered_corpus
     from pretrain.training.synthetic import make_corpus
 
-    paths = make_corpus(args.out, n_clips=args.clips, seed=args.seed)
-    print(f"wrote {len(paths)} synthetic clips to {args.out}")
+    make = make_rendered_corpus if args.rendered else make_corpus
+    paths = make(args.out, n_clips=args.clips, seed=args.seed)
+    print(f"wrote {len(paths)} {'rendered' if args.rendered else 'synthetic'} clips to {args.out}")
+
+
+def _probe_tasks(args: argparse.Namespace) -> None:
+    from pretrain.training.rendered_sound import make_probe_tasks
+
+    tasks = make_probe_tasks(args.out, per_class=tuple(args.per_class), seed=args.seed)
+    print(f"wrote {len(tasks)} HEAR tasks: --probe {','.join(map(str, tasks))}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -228,7 +238,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--clips", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rendered", action="store_true", help="real sound: espeak-ng/flite speech, fluidsynth music")
     p.set_defaults(run=_synth)
+    p = sub.add_parser("probe-tasks", help="write the four rendered-sound HEAR tasks for --probe")
+    p.add_argument("out", type=Path)
+    p.add_argument("--per-class", type=int, nargs=3, default=[12, 4, 8], metavar=("TRAIN", "VALID", "TEST"))
+    p.add_argument("--seed", type=int, default=100)
+    p.set_defaults(run=_probe_tasks)
     p = sub.add_parser("demo", help="rendered corpus, tiny pretraining with the probe, hear-validator, embeddings")
     p.add_argument("--method", choices=sorted(FAMILIES), default="clip", help="ATST-Clip or ATST-Frame")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
