@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"== 1/5 corpus of real sound in {corpus}: espeak-ng/flite speech, fluidsynth instruments and drums")
         clips = rendered_sound.make_rendered_corpus(corpus, n_clips=args.clips, seed=0)
         print("== 2/5 held-out probe tasks: spoken commands, speaker, instrument family, drum hits")
+        shutil.rmtree(out / "probe_tasks", ignore_errors=True)  # a demo run again draws them again
         probe = rendered_sound.make_probe_tasks(out / "probe_tasks", per_class=(8, 2, 6), seed=100)
     preset = {"clip": "tiny", "frame": "frame-tiny"}[args.method]
     print(f"== 3/5 tiny ATST-{args.method.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")

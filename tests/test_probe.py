@@ -109,6 +109,12 @@ def test_probe_refuses_multilabel_tasks_and_missing_folders(tmp_path, corpus):
     assert out.returncode != 0 and "is not a HEAR task folder" in out.stderr
 
 
+def test_probe_tasks_command_refuses_to_overwrite(probe_tasks):
+    command = [sys.executable, "-m", "pretrain", "probe-tasks", str(probe_tasks[0].parent)]
+    out = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    assert out.returncode != 0 and "exists already" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_rendering_without_the_debian_tools_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingToolError, match="espeak-ng.*apt-get install"):

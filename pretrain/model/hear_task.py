@@ -176,6 +176,8 @@ def scene_metadata(name: str, prediction_type: str, splits: list[str], seconds: 
 
 def write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
     """Write a task folder: ``splits`` maps split -> file name -> (16 kHz audio, labels)."""
+    if root.exists():
+        raise TaskError(f"{root} exists already: remove it or write the task elsewhere")
     root.mkdir(parents=True)
     (root / "task_metadata.json").write_text(json.dumps(metadata, indent=2))
     (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))

@@ -66,7 +66,7 @@ FAMILIES = {
 DRUMS = {"kick": 36, "snare": 38, "clap": 39, "closed_hat": 42, "low_tom": 45, "crash": 49, "cowbell": 56, "claves": 75}
 
 
-class MissingToolError(RuntimeError):
+class MissingToolError(FileNotFoundError):
     """The Debian programs that render the sound are not installed."""
 
 
