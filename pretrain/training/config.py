@@ -58,7 +58,7 @@ class PretrainConfig:
     seed: int = 0
     resume: str = "auto"  # "auto": the run's last.ckpt if there is one; "never"; or a checkpoint path
     probe: str = ""  # HEAR scene task folders, comma-separated: the online probe (pretrain.training.probe)
-    probe_every: int = 0  # optimizer steps between probes; 0: a tenth of max_steps
+    probe_every: int = 0  # optimizer steps between probes; 0: a fifth of max_steps
     log_data_order: bool = False  # every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)
 
     def to_dict(self) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
     callbacks: list[pl.Callback] = [checkpoints]
     probe_tasks = [t for t in config.probe.split(",") if t]
     if probe_tasks:
-        every = config.probe_every or max(1, config.max_steps // 10)
+        every = config.probe_every or max(1, config.max_steps // 5)
         callbacks.append(OnlineProbe(probe_tasks, every=every, chunk_seconds=config.crop_seconds, run_dir=run_dir))
     devices = _devices(config.devices)
     multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
