@@ -8,6 +8,16 @@ from pathlib import Path
 CURVES = ["train/loss", "train/std_teacher", "train/std_student", "train/lr", "train/wd", "train/ema"]
 
 
+def _save(fig, title: str, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> dict[str, dict[int, float]]:
     """All CSV logs of a run (one folder per launch, resumes included), later launches winning."""
     series: dict[str, dict[int, float]] = {}
@@ -42,12 +52,7 @@ def plot_run(
         ax.set_ylabel(name.split("/")[-1])
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("optimizer step")
-    fig.suptitle(f"{title}: {Path(run_dir).name}")
-    fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, f"{title}: {Path(run_dir).name}", Path(out) if out else Path(run_dir) / "curves.png")
 
 
 def plot_probe(run_dir: str | Path, out: str | Path | None = None, *, title: str = "online probe") -> Path | None:
@@ -81,9 +86,4 @@ def plot_probe(run_dir: str | Path, out: str | Path | None = None, *, title: str
     axes[3].set_xlabel("optimizer step (step 0: random initialisation)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: {Path(run_dir).name}")
-    fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "probe.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, f"{title}: {Path(run_dir).name}", Path(out) if out else Path(run_dir) / "probe.png")
