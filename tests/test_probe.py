@@ -101,6 +101,12 @@ def test_probe_of_a_random_encoder_reports_every_task(probe_tasks):
     assert encoder.training  # the probe put the encoder back in the mode it found it
 
 
+def test_probe_records_survive_a_line_cut_by_a_kill(tmp_path):
+    lines = ['{"step": 0, "mean_knn": 0.5}', '{"step": 5, "mean_knn": 0.6}', '{"step": 10, "me']
+    (tmp_path / "probe.jsonl").write_text("\n".join(lines))
+    assert [r["step"] for r in read_probe(tmp_path)] == [0, 5]
+
+
 def test_probe_refuses_multilabel_tasks_and_missing_folders(tmp_path, corpus):
     with pytest.raises(TaskError, match="multiclass trainvaltest"):
         ProbeTask.load(make_multilabel_scene_task(tmp_path), LogMelFrontEnd())

@@ -229,5 +229,11 @@ def read_probe(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / PROBE_FILE
     if not path.is_file():
         return []
-    records = {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed while writing it
+            continue
+        records[record["step"]] = record
     return [records[s] for s in sorted(records)]
