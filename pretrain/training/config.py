@@ -61,6 +61,10 @@ class PretrainConfig:
     probe_every: int = 0  # optimizer steps between probes; 0: a fifth of max_steps
     log_data_order: bool = False  # every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)
 
+    def probe_tasks(self) -> list[str]:
+        """The task folders of ``probe``, in order."""
+        return [task for task in self.probe.split(",") if task]
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
@@ -100,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema": 0.9995,
     },
     "tiny": {**_CPU_SIZED, "crop_seconds": 2.0},
-    # tiny for about 7 minutes on two cores, with a slow teacher: the settings that learn on this scale
+    # tiny for about 8 minutes on two cores, with a slow teacher: the settings that learn on this scale
     # (README "Does pretraining learn?": with EMA 0.99 the teacher follows the student within ~100 steps
     # and the embeddings collapse to a few directions; at 0.998 it keeps its random-init richness longer)
     "tiny-long": {
@@ -223,7 +227,7 @@ def validate(config: PretrainConfig) -> None:
         raise ValueError(f"max_steps ({config.max_steps}) must exceed warmup_steps ({config.warmup_steps})")
     if config.probe_every < 0:
         raise ValueError(f"probe_every must be >= 0, got {config.probe_every}")
-    for task in filter(None, config.probe.split(",")):
+    for task in config.probe_tasks():
         if not (Path(task) / "task_metadata.json").is_file():
             raise ValueError(f"probe task {task!r} is not a HEAR task folder (no task_metadata.json)")
     positive = ("batch_size", "accumulate_grad_batches", "checkpoint_every", "num_nodes", "log_every", "shuffle_buffer")

@@ -135,10 +135,10 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
     csv_logger = CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every)
     loggers = [TensorBoardLogger(run_dir, name="tensorboard"), csv_logger]
     callbacks: list[pl.Callback] = [checkpoints]
-    probe_tasks = [t for t in config.probe.split(",") if t]
-    if probe_tasks:
+    if config.probe_tasks():
         every = config.probe_every or max(1, config.max_steps // 5)
-        callbacks.append(OnlineProbe(probe_tasks, every=every, chunk_seconds=config.crop_seconds, run_dir=run_dir))
+        probe = OnlineProbe(config.probe_tasks(), every=every, chunk_seconds=config.crop_seconds, run_dir=run_dir)
+        callbacks.append(probe)
     devices = _devices(config.devices)
     multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
     # SyncBatchNorm needs CUDA; CPU processes (gloo) keep per-process batch statistics
