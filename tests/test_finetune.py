@@ -152,6 +152,7 @@ def test_multilabel_run_reports_map_for_a_frame_checkpoint(tasks, tmp_path):
     assert result["test_scores"]["mAP"] == pytest.approx(mean_average_precision(scores, targets))
 
 
+@pytest.mark.stack_independent
 def test_two_process_ddp_finetuning(tiny_checkpoint, tasks, tmp_path):
     report = run_finetune(
         tiny_checkpoint, tasks / "synth_scene", tmp_path / "ddp", *QUICK, "--devices", "2", "--strategy", "ddp"
@@ -184,6 +185,7 @@ def test_kfold_reports_each_fold_and_the_mean(tiny_checkpoint, tasks, tmp_path):
     assert report["frozen"]["test_mean"] == pytest.approx(np.mean([r["test_scores"]["top1_acc"] for r in rounds]))
 
 
+@pytest.mark.stack_independent
 def test_kill_and_resume_matches_uninterrupted_run(tiny_checkpoint, tasks, tmp_path):
     flags = ["--preset", "tiny", "--epochs", "4", "--mixup-alpha", "0"]  # the mixup bank starts empty on resume
     straight = run_finetune(tiny_checkpoint, tasks / "synth_scene", tmp_path / "straight", *flags)
@@ -266,6 +268,7 @@ def test_unreadable_clips_are_skipped_and_counted(tiny_checkpoint, tasks, tmp_pa
     assert report["frozen"]["rounds"][0]["skipped_files"] == {"train": [broken.name]}
 
 
+@pytest.mark.stack_independent
 def test_finetuning_beats_the_frozen_baseline_where_order_matters(tiny_checkpoint, tmp_path):
     """Both classes hold the same two sounds, in opposite order: the frozen baseline's features of a
     random encoder barely tell them apart; fine-tuning the encoder learns where things happen. (The

@@ -125,6 +125,7 @@ def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
     assert 0.4 < sum(fractions) / len(fractions) < 0.6  # spans of 5 at 0.65 mask about half, not 65 %
 
 
+@pytest.mark.stack_independent
 @pytest.mark.parametrize("method", ["clip", "frame"])
 def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path, method):
     flags = [
@@ -172,6 +173,7 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path
         }
 
 
+@pytest.mark.stack_independent
 @pytest.mark.parametrize("method", ["clip", "frame"])
 def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, method):
     run_dir = tmp_path / "ddp"

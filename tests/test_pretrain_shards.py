@@ -254,6 +254,7 @@ def test_training_from_shards_skips_and_counts_damage(damaged_shards, tmp_path, 
     assert all(np.isfinite(v) for v in loss.values())
 
 
+@pytest.mark.stack_independent
 def test_kill_and_resume_from_shards_matches_uninterrupted_run(damaged_shards, tmp_path):
     folder, _ = damaged_shards
     flags = ["--checkpoint-every", "4", *FLAGS]
@@ -276,6 +277,7 @@ def test_kill_and_resume_from_shards_matches_uninterrupted_run(damaged_shards, t
     assert read_checkpoint(interrupted / "checkpoints" / "final.ckpt")["global_step"] == 14
 
 
+@pytest.mark.stack_independent
 def test_two_process_ddp_from_shards_sees_each_sample_once_per_pass(clean_shards, tmp_path):
     run_dir = tmp_path / "ddp"
     ddp = ["--devices", "2", "--strategy", "ddp", "--checkpoint-every", "4"]

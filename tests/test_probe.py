@@ -128,6 +128,7 @@ def test_rendering_without_the_debian_tools_is_a_clear_error(tmp_path, monkeypat
 
 
 @pytest.mark.learning
+@pytest.mark.stack_independent
 def test_tiny_long_pretraining_beats_its_random_init(tmp_path):
     """A shortened `tiny-long` run on rendered real sound, probed on held-out rendered tasks: the
     conservative CI version of benchmarks/pretrain_learns.py (which runs the whole preset, two seeds)."""
