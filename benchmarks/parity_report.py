@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     args = parser.parse_args()
-    fixtures = args.shared / "fixtures"
+    fixtures = args.shared.resolve() / "fixtures"  # the generators run in a temp dir
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         rows = clip_rows(fixtures, Path(tmp)) | frame_rows(fixtures, Path(tmp))
     print(f"torch {torch.__version__}")

@@ -277,4 +277,4 @@ def test_finetuning_beats_the_frozen_baseline_where_order_matters(tiny_checkpoin
     flags = ["--preset", "tiny", *ORDER_FINETUNE_FLAGS, "--baseline", "true"]
     report = run_finetune(tiny_checkpoint, task, tmp_path / "out", *flags)
     frozen, tuned = report["frozen"]["test_mean"], report["finetune"]["test_mean"]
-    assert frozen <= 0.65 and tuned >= 0.9, (frozen, tuned)  # measured: 0.54 and 1.00 (48 test clips)
+    assert frozen <= 0.65 and tuned >= 0.8, (frozen, tuned)  # measured: 0.52; 0.875-1.0 over 10 seeds (48 clips)

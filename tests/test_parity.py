@@ -12,6 +12,12 @@ from pretrain import ATSTFeatureExtractor, LogMelFrontEnd
 from pretrain.model.frontend import mel_filterbank
 
 TOL = 1e-4
+# The fixtures' mels were computed once, on one CPU and torch build. The STFT's FFT kernels are
+# chosen by CPU and torch version, so the same arithmetic differs here by a few float32 ulps of the
+# [-1, 1] scale (measured: bit-exact on an AMD EPYC under torch 2.13; up to 1.07e-6 on an Intel Xeon
+# with AVX-512, and 1 ulp under torch 2.4). torchaudio's transform run live on the same machine is
+# compared on the harness stack (test_mel_equals_torchaudio_on_varied_inputs and below).
+MEL_ABS_TOL = 2e-6
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +29,14 @@ def test_mel_matches_fixture(parity_fixture):
     audio = torch.from_numpy(parity_fixture["audio_3.3s"])
     mels, lengths = LogMelFrontEnd().batch(list(audio))
     assert lengths.tolist() == [331, 331]
-    assert np.array_equal(mels[:, None].numpy(), parity_fixture["mel_3.3s"])  # bit for bit
+    assert float(np.abs(mels[:, None].numpy() - parity_fixture["mel_3.3s"]).max()) <= MEL_ABS_TOL
 
 
 @pytest.mark.parametrize("clip", ["2.5s", "7.3s"])
 def test_mel_matches_frame_fixture(clip):
-    """The Frame fixture was computed under torch 2.13: bit-exact there, 1 ulp off under 2.4's STFT."""
     data = np.load(FIXTURES / "public_parity_frame_small_seed43.npz")
     mels, _ = LogMelFrontEnd().batch(list(torch.from_numpy(data[f"audio_{clip}"])))
-    assert float(np.abs(mels[:, None].numpy() - data[f"mel_{clip}"]).max()) <= 1e-6
+    assert float(np.abs(mels[:, None].numpy() - data[f"mel_{clip}"]).max()) <= MEL_ABS_TOL
 
 
 def test_layers_match_fixture(parity_fixture, small42):
