@@ -15,6 +15,7 @@ timgm6mb-soundfont (scripts/setup_env.sh installs them).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from measure import machine, write_report
 
+from pretrain.model.hear_task import HearTask
 from pretrain.training.plot import plot_probe
 from pretrain.training.probe import read_probe
 from pretrain.training.rendered_sound import make_probe_tasks, make_rendered_corpus
@@ -32,6 +34,12 @@ KINDS = {"speech_commands": "speech", "speaker": "speech", "instrument_family": 
 # 40 test clips per label (320 per task): the standard error of an accuracy near 0.3 is then about 2.6
 # points, against 5.7 with the 8 per label of `probe-tasks`' default, which cannot show a 10-point gain
 PER_CLASS = (12, 4, 40)
+
+
+def clips_per_class(task: Path) -> list[int]:
+    """Train, valid and test clips per label of a probe task, as written (a reused --work keeps its own)."""
+    n_labels = len(HearTask.open(task).labels)
+    return [len(json.loads((task / f"{split}.json").read_text())) // n_labels for split in ("train", "valid", "test")]
 
 
 def run(preset: str, corpus: Path, tasks: list[Path], run_dir: Path, seed: int, steps: int | None) -> float:
@@ -75,6 +83,7 @@ def main() -> None:
     else:
         tasks = make_probe_tasks(task_root, per_class=tuple(args.per_class), seed=100)
     names = [t.name for t in tasks]
+    per_class = clips_per_class(tasks[0])
 
     results = {}
     for seed in args.seeds:
@@ -97,7 +106,7 @@ def main() -> None:
         f"`--preset {args.preset}`{f' --max-steps {args.steps}' if args.steps else ''}, corpus of "
         f"{args.corpus_clips} rendered clips, seeds {args.seeds}. Each cell: random init (step 0) -> end of "
         "pretraining; test accuracy of the probe fitted on train + valid (8 classes each, chance 0.125; "
-        f"{args.per_class[0] + args.per_class[1]} fit and {args.per_class[2]} test clips per class).",
+        f"{per_class[0] + per_class[1]} fit and {per_class[2]} test clips per class).",
         "",
         "| task (kind) | metric | log-mel baseline | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
         "|---|---|---|" + "---|" * len(args.seeds),
