@@ -4,7 +4,7 @@
 
 Writes three files of the size and content of the official base releases (random weights):
 ATST-Clip in the Lightning layout and in the DINO-style layout (student, teacher, heads, and a
-full AdamW state with NumPy learning-rate values), and ATST-Frame base from the shared generator
+full AdamW state with NumPy learning-rate values), and ATST-Frame base from the test suite's official-layout writer
 (``official_frame_ckpt.py base 0 full``). Each loader runs in a fresh process that first imports
 torch and the package; the figure is its peak resident memory (``VmHWM``) above that
 baseline, and the wall time of the load, against the encoder's own size (parameters x 4 bytes):
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("ATST_SHARED", REPO.parent / "shared"))
+FIXTURES = REPO / "tests" / "fixtures"
 
 from measure import machine, write_report  # noqa: E402
 
@@ -143,7 +142,7 @@ def write_clip_dino(path: Path) -> None:
 
 
 def write_frame(path: Path) -> None:
-    generator = SHARED / "fixtures" / "official_frame_ckpt.py"
+    generator = FIXTURES / "official_frame_ckpt.py"
     subprocess.run([sys.executable, str(generator), str(path), "base", "0", "full"], check=True)
 
 

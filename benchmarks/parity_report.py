@@ -1,8 +1,8 @@
-"""Print how far the package is from the official features of the shared parity fixtures.
+"""Print how far the package is from the official features of the parity fixtures (tests/fixtures).
 
-    .venv/bin/python benchmarks/parity_report.py [--shared ../shared]
+    .venv/bin/python benchmarks/parity_report.py [--fixtures tests/fixtures]
 
-Writes the fixtures' random-weight checkpoints with the shared generators (ATST-Clip small seed
+Writes the fixtures' random-weight checkpoints with their official-layout writers (ATST-Clip small seed
 42, ``official_ckpt.py``; ATST-Frame small seed 43, ``official_frame_ckpt.py``) and reports
 max |ours - official| / max |official| (tests/test_parity.py and tests/test_frame.py assert
 < 1e-4):
@@ -93,9 +93,10 @@ def as_layers(tokens12: np.ndarray, dim: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    default = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+    parser.add_argument("--fixtures", type=Path, default=default, help="folder of the parity fixtures and writers")
     args = parser.parse_args()
-    fixtures = args.shared.resolve() / "fixtures"  # the generators run in a temp dir
+    fixtures = args.fixtures.resolve()  # the writers run in a temp dir
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         rows = clip_rows(fixtures, Path(tmp)) | frame_rows(fixtures, Path(tmp))
     print(f"torch {torch.__version__}")

@@ -72,7 +72,7 @@ def pipeline_rates(method: str, files: list[Path], n_samples: int, batch: int) -
     crop_seconds = CROPS[method]
     dataset = CropDataset(files, crop_seconds, VIEWS[method].n_crops)
     keys = [SampleKey(i % len(files), i) for i in range(n_samples)]
-    config = PretrainConfig(method=method, arch="tiny", crop_seconds=crop_seconds, mixup_memory=2000)
+    config = PretrainConfig(family=method, arch="tiny", crop_seconds=crop_seconds, mixup_memory=2000)
     module = ATSTPretraining(config.to_dict())
     mixups = [OfficialMixup(), OfficialMixup()]
     n = int(crop_seconds * 16000)
@@ -107,7 +107,7 @@ def train_steps_per_second(preset: str, arch: str, batch: int, crop_seconds: flo
     config = PretrainConfig(**{**PRESETS[preset], "arch": arch, "batch_size": batch, "crop_seconds": crop_seconds})
     module = ATSTPretraining(config.to_dict())
     optimizer = module.configure_optimizers()
-    wavs = 0.1 * torch.randn(batch, VIEWS[config.method].n_crops, int(crop_seconds * 16000))
+    wavs = 0.1 * torch.randn(batch, VIEWS[config.family].n_crops, int(crop_seconds * 16000))
 
     def step():
         loss, _, _ = module.model(*module.make_views(wavs))
@@ -242,7 +242,7 @@ def main() -> None:
     runs = (("tiny", "tiny", 16, 2.0, 5), ("tiny", "small", 8, 6.0, 2), ("frame-tiny", "tiny", 16, 4.0, 5),
             ("frame-tiny", "small", 8, 10.0, 2))
     for preset, arch, batch, crop_seconds, steps in runs if "training" in sections else ():
-        method = PRESETS[preset].get("method", "clip")
+        method = PRESETS[preset].get("family", "clip")
         rate = train_steps_per_second(preset, arch, batch, crop_seconds, steps)
         lines.append(f"| ATST-{method.capitalize()} {arch}, {crop_seconds:g} s crops | {batch} | {rate:.2f} "
                      f"| {rate * batch:.1f} |")

@@ -1,7 +1,7 @@
 """Command line: ``python -m pretrain COMMAND ...`` (also the ``atst-pretrain`` console script).
 
 train    run or resume pretraining: ATST-Clip (presets small / base / tiny) or ATST-Frame
-         (--method frame: frame-small / frame-base / frame-tiny), YAML, flags
+         (--family frame: frame-small / frame-base / frame-tiny), YAML, flags
 check    scan a dataset and report unreadable, empty, short or silent files
 finetune fine-tune (or --freeze: linear-probe) a checkpoint on a HEAR task folder, official recipe
 manifest a manifest from AudioSet's segment CSVs and the downloaded files
@@ -30,7 +30,7 @@ import torch
 
 from pretrain.model.audio_io import load_audio
 from pretrain.model.checkpoint import inspect_checkpoint, write_random_checkpoint
-from pretrain.model.encoder import ARCHS, FAMILIES
+from pretrain.model.encoder import ARCHS
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.training import config as run_config
 
@@ -163,6 +163,12 @@ def _demo(args: argparse.Namespace) -> None:
     from pretrain.training.synthetic import make_corpus
     from pretrain.training.train import train
 
+    validator = Path(sys.executable).parent / "hear-validator"
+    if not validator.is_file():
+        raise FileNotFoundError(
+            f"the demo checks its checkpoint with hear-validator, not found beside {sys.executable}: install the "
+            "[hear] extra and `pip install --no-deps hearvalidator==2021.0.6` (README, Install)"
+        )
     out = Path(args.out)
     missing = rendered_sound.missing_tools()
     if missing:  # the corpus stays synthetic and the run has no probe where the Debian tools are absent
@@ -177,8 +183,8 @@ def _demo(args: argparse.Namespace) -> None:
         print("== 2/5 held-out probe tasks: spoken commands, speaker, instrument family, drum hits")
         shutil.rmtree(out / "probe_tasks", ignore_errors=True)  # a demo run again draws them again
         probe = rendered_sound.make_probe_tasks(out / "probe_tasks", per_class=(8, 2, 6), seed=100)
-    preset = {"clip": "tiny", "frame": "frame-tiny"}[args.method]
-    print(f"== 3/5 tiny ATST-{args.method.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
+    preset = {"clip": "tiny", "frame": "frame-tiny"}[args.family]
+    print(f"== 3/5 tiny ATST-{args.family.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
     flags = ["--preset", preset, "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
     if probe:
         flags += ["--probe", ",".join(map(str, probe))]
@@ -187,7 +193,6 @@ def _demo(args: argparse.Namespace) -> None:
     if probe:
         print(f"online probe (k-NN / linear accuracy, effective rank): {plot_probe(out / 'run')}")
     print("== 4/5 hear-validator on the new checkpoint")
-    validator = Path(sys.executable).parent / "hear-validator"
     result = subprocess.run(
         [str(validator), "atst_hear", "-m", str(final), "-d", "cpu"], capture_output=True, text=True
     )
@@ -199,6 +204,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pretrain.finetune import recipe
+
     parser = argparse.ArgumentParser(
         prog="python -m pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -207,12 +214,13 @@ def _parser() -> argparse.ArgumentParser:
     run_config.add_arguments(p)
     p.set_defaults(run=_train)
     p = sub.add_parser("check", help="scan a dataset for problems")
-    p.add_argument("data")
-    p.add_argument("--crop-seconds", "--train-len", type=float, default=6.0, help="the crop length of the run")
+    p.add_argument("data", help="a folder of audio files or a CSV/TSV manifest with a 'path' column")
+    p.add_argument(
+        "--crop-seconds", "--train-len", type=float, default=6.0, help="the crop length of the run (seconds; clips "
+        "shorter than it are counted as zero-padded)"
+    )
     p.set_defaults(run=_check)
     p = sub.add_parser("finetune", help="fine-tune on a HEAR task folder (official recipe), or --freeze")
-    from pretrain.finetune import recipe
-
     recipe.add_arguments(p)
     p.set_defaults(run=_finetune)
     p = sub.add_parser("manifest", help="manifest from AudioSet's segment CSVs and downloaded files")
@@ -222,54 +230,68 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_manifest)
     p = sub.add_parser("shard", help="write a dataset as WebDataset tar shards")
     p.add_argument("source", help="a folder of audio files or a CSV/TSV manifest with a 'path' column")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="folder of the shards and their index.json")
     p.add_argument("--shard-size", type=int, required=True, help="samples per shard")
     p.add_argument("--flac16k", action="store_true", help="re-encode as 16 kHz mono FLAC (default: original bytes)")
     p.add_argument("--seed", type=int, default=0, help="seeds the one shuffle of the file list")
     p.add_argument("--jobs", type=int, default=1, help="shards written in parallel processes")
     p.set_defaults(run=_shard)
     p = sub.add_parser("plot", help="plot a run's curves")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("run_dir", type=Path, help="the run folder (--run-dir of train)")
+    p.add_argument("--out", type=Path, default=None, help="the curves' PNG (default: RUN_DIR/curves.png)")
     p.set_defaults(run=_plot)
     p = sub.add_parser("export", help="teacher encoder -> safetensors")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("checkpoint", type=Path, help="any checkpoint the package reads")
+    p.add_argument("out", type=Path, help="the .safetensors file to write")
     p.set_defaults(run=_export)
     p = sub.add_parser("synth", help="write the synthetic corpus")
-    p.add_argument("out", type=Path)
-    p.add_argument("--clips", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=Path, help="folder to write the clips to")
+    p.add_argument("--clips", type=int, default=64, help="number of clips")
+    p.add_argument("--seed", type=int, default=0, help="seeds what the clips hold")
     p.add_argument("--rendered", action="store_true", help="real sound: espeak-ng/flite speech, fluidsynth music")
     p.set_defaults(run=_synth)
     p = sub.add_parser("probe-tasks", help="write the four rendered-sound HEAR tasks for --probe")
-    p.add_argument("out", type=Path)
-    p.add_argument("--per-class", type=int, nargs=3, default=[12, 4, 8], metavar=("TRAIN", "VALID", "TEST"))
-    p.add_argument("--seed", type=int, default=100)
+    p.add_argument("out", type=Path, help="folder to write the four task folders to")
+    p.add_argument(
+        "--per-class", type=int, nargs=3, default=[12, 4, 8], metavar=("TRAIN", "VALID", "TEST"),
+        help="clips per label in each split",
+    )
+    p.add_argument("--seed", type=int, default=100, help="seeds what the clips hold")
     p.set_defaults(run=_probe_tasks)
     p = sub.add_parser("demo", help="rendered corpus, tiny pretraining with the probe, hear-validator, embeddings")
-    p.add_argument("--method", choices=sorted(FAMILIES), default="clip", help="ATST-Clip or ATST-Frame")
-    p.add_argument("--out", type=Path, default=Path("demo_output"))
-    p.add_argument("--clips", type=int, default=96)
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument(
+        "--family", "--method", dest="family", choices=run_config.FAMILY_NAMES, default="clip",
+        help="ATST-Clip or ATST-Frame (--method: the old name)",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_output"), help="folder of everything the demo writes")
+    p.add_argument("--clips", type=int, default=96, help="clips in the pretraining corpus")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps of the tiny pretraining run")
     p.set_defaults(run=_demo)
     p = sub.add_parser("init", help="write a randomly initialised checkpoint")
-    p.add_argument("out", type=Path)
-    p.add_argument("--arch", choices=sorted(ARCHS), default="small")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="clip")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crop-seconds", type=float, default=None, help="default: the family's (Clip 6, Frame 10)")
+    p.add_argument("out", type=Path, help="the checkpoint to write")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="small", help="encoder size")
+    p.add_argument("--family", choices=run_config.FAMILY_NAMES, default="clip", help="ATST-Clip or ATST-Frame")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights")
+    p.add_argument("--crop-seconds", type=float, default=None, help="crop length stored in the file (seconds; "
+                   "default: the family's, Clip 6, Frame 10)")
     p.set_defaults(run=_init)
     p = sub.add_parser("inspect", help="what a checkpoint holds: family, layout, shape, step, everything else")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="any checkpoint file")
     p.set_defaults(run=_inspect)
     p = sub.add_parser("embed", help="scene embeddings of audio files")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("audio", type=Path, nargs="+")
-    p.add_argument("--n-blocks", type=int, default=None)
+    p.add_argument("checkpoint", type=Path, help="any checkpoint the package reads")
+    p.add_argument("audio", type=Path, nargs="+", help="audio files (any rate; resampled to 16 kHz, mixed to mono)")
+    p.add_argument("--n-blocks", type=int, default=None, help="last blocks in the embedding (default: all)")
     p.add_argument("--out", type=Path, default=None, help="save the embeddings as .npy")
     p.set_defaults(run=_embed)
     return parser
+
+
+# What the commands import beyond the core install, and the extra that brings it
+EXTRA_OF_MODULE = {
+    module: "pretrain"
+    for module in ("lightning", "yaml", "webdataset", "safetensors", "matplotlib", "tensorboard", "tqdm")
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,6 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF_MODULE.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"error: python -m pretrain {args.command} needs the [{extra}] extra (no module named {err.name!r}): "
+            f"pip install \"atst-plugins[{extra}]\"",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

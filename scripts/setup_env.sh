@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) one of the two tested environments and install this package into it.
 #
-#   bash scripts/setup_env.sh current   # .venv-current: torch 2.13.0 (CPU), NumPy 2.4, Lightning 2.6,
-#                                       # TensorFlow 2.21 for hear-validator; no torchaudio
+#   bash scripts/setup_env.sh current   # .venv-current: the newest releases: torch 2.15.0, NumPy 2.4,
+#                                       # Lightning 2.6, TensorFlow 2.21 for hear-validator; no torchaudio
 #   bash scripts/setup_env.sh harness   # .venv: torch 2.4.1 + torchaudio 2.4.1, s3prl 0.4.18, hear-eval-kit
 #                                       # (s3prl needs torchaudio's sox bindings, gone since 2.9)
 #
@@ -64,14 +64,24 @@ if [ "$STACK" = harness ]; then
     pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
     pip_install --no-deps --no-build-isolation -e .
 else
-    # torch first, alone: `pip install torch==2.13.0` takes the CPU build this machine kind keeps on
-    # its own disk; then the rest, then the package with its dependencies resolved by pip (which
-    # is how a user installs it beside the torch they have): it must pull no torchaudio.
+    # torch first, alone, as a user has it before installing the package. 2.15.0 is newer than the
+    # releases this machine kind keeps on disk, and its pip configuration caps torch at those:
+    # PIP_CONSTRAINT=/dev/null lifts the cap for this install, and PyPI's build (CUDA libraries
+    # included, run on the CPU here) comes from the registry. Then the rest of the lock file, then the
+    # package with its dependencies resolved by pip (how a user installs it): it must keep that torch
+    # and pull no torchaudio.
+    export PIP_CONSTRAINT=/dev/null
     pip_install --upgrade pip
-    pip_install "torch==2.13.0"
+    pip_install "$(grep '^torch==' "$LOCK")"
+    torch_before=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
     pip_install -r "$LOCK"
     pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
     pip_install -e ".[pretrain]"
+    torch_after=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+    if [ "$torch_before" != "$torch_after" ]; then
+        echo "setup failed: installing the package replaced torch $torch_before with $torch_after ($log)" >&2
+        exit 1
+    fi
     if "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchaudio') is None)"; then
         echo "setup failed: torchaudio was installed into the current stack ($log)" >&2
         exit 1

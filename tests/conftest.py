@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,12 @@ import torch
 from pretrain import write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ATST_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).parent / "fixtures"  # parity fixtures and official-layout writers: fixtures/README.md
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 def official_checkpoint(out: Path, arch: str, seed: int, layout: str) -> Path:
-    """A random-weight file written by the shared generator of the official layouts."""
+    """A random-weight file in the official ATST-Clip layouts (fixtures/official_ckpt.py)."""
     subprocess.run(
         [sys.executable, str(FIXTURES / "official_ckpt.py"), str(out), arch, str(seed), layout],
         check=True,
@@ -36,7 +34,7 @@ def parity_fixture() -> dict[str, np.ndarray]:
 
 
 def frame_checkpoint(out: Path, arch: str, seed: int, optimizer: str = "lean") -> Path:
-    """A random-weight file written by the shared generator of the official ATST-Frame layout."""
+    """A random-weight file in the official ATST-Frame layout (fixtures/official_frame_ckpt.py)."""
     subprocess.run(
         [sys.executable, str(FIXTURES / "official_frame_ckpt.py"), str(out), arch, str(seed), optimizer],
         check=True,
@@ -53,7 +51,7 @@ def encoder_weights(path: Path, prefix: str = "model.teacher.encoder.") -> dict[
 
 @pytest.fixture(scope="session")
 def shared_small_ckpt(tmp_path_factory) -> Path:
-    """The shared generator's file: the weights the parity fixture was computed with, nothing else."""
+    """The official-layout writer's file: the weights the parity fixture was computed with, nothing else."""
     return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "small_seed42.ckpt", "small", 42, "lightning")
 
 
@@ -82,7 +80,7 @@ def dino_small_ckpt(tmp_path_factory, parity_weights) -> Path:
 
 @pytest.fixture(scope="session")
 def frame_small_ckpt(tmp_path_factory) -> Path:
-    """The shared generator's official ATST-Frame small layout (seed 43: the Frame parity weights)."""
+    """The official ATST-Frame small layout (seed 43: the Frame parity weights)."""
     return frame_checkpoint(tmp_path_factory.mktemp("ckpt") / "frame_small_seed43.ckpt", "small", 43)
 
 
@@ -93,7 +91,7 @@ def dino_base_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def frame_base_ckpt(tmp_path_factory) -> Path:
-    """The shared generator's official ATST-Frame base layout (726 MB without optimizer moments)."""
+    """The official ATST-Frame base layout (726 MB without optimizer moments)."""
     return frame_checkpoint(tmp_path_factory.mktemp("ckpt") / "frame_base.ckpt", "base", 0)
 
 

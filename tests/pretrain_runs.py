@@ -17,14 +17,14 @@ ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
 PRESET = {"clip": "tiny", "frame": "frame-tiny"}
 
 
-def train_command(data: Path, run_dir: Path, *extra: str, method: str = "clip") -> list[str]:
+def train_command(data: Path, run_dir: Path, *extra: str, family: str = "clip") -> list[str]:
     return [
         sys.executable,
         "-m",
         "pretrain",
         "train",
         "--preset",
-        PRESET[method],
+        PRESET[family],
         "--data",
         str(data),
         "--run-dir",
@@ -44,8 +44,8 @@ def finetune_command(checkpoint: Path, task: Path, out: Path, *extra: str) -> li
     return [sys.executable, "-m", "pretrain", *finetune_args(checkpoint, task, out, *extra)]
 
 
-def run_training(data: Path, run_dir: Path, *extra: str, method: str = "clip") -> subprocess.CompletedProcess:
-    command = train_command(data, run_dir, *extra, method=method)
+def run_training(data: Path, run_dir: Path, *extra: str, family: str = "clip") -> subprocess.CompletedProcess:
+    command = train_command(data, run_dir, *extra, family=family)
     result = subprocess.run(command, capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

@@ -2,8 +2,9 @@
 as the speed reference in benchmarks/: torchaudio's transforms applied to each ``(1, 1, T)`` clip
 (``official_mel``, which needs torchaudio: the harness stack), explicit softmax attention with an
 additive -10000 key mask, one chunk at a time in a Python loop over the padded batch, and the
-final norm applied per block. Written from the facts in DESIGN.md; it reuses only the parameters
-of an ATSTEncoder.
+final norm applied per block. Written from the official code's behaviour (audiossl
+``models/atst/audio_transformer.py``, ``methods/atstframe/audio_transformer.py``); it reuses only
+the parameters of an ATSTEncoder.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_dino_style_file_loads_with_parity(dino_small_ckpt, parity_weights, pari
 
 
 @pytest.mark.parametrize("arch,dim,heads", [("base", 768, 12)])
-def test_shared_generator_dino_base(dino_base_ckpt, arch, dim, heads):
+def test_official_writer_dino_base(dino_base_ckpt, arch, dim, heads):
     _, spec = load_encoder(dino_base_ckpt)
     assert (spec.layout, spec.arch, spec.embed_dim, spec.depth, spec.num_heads) == ("dino", arch, dim, 12, heads)
 
@@ -105,7 +105,7 @@ def test_frame_lightning_layout(frame_small_ckpt):
     assert (info.spec.family, info.spec.layout, info.spec.arch, info.spec.crop_seconds) == (
         "frame", "lightning", "small", 10.0
     )
-    assert info.encoder_parameters == 21_475_968  # DESIGN.md section 10
+    assert info.encoder_parameters == 21_475_968  # FrameAST small (audiossl atstframe/audio_transformer.py)
     assert (info.step, info.writer) == (58500, "Lightning 1.6.0")
     assert_encoder_equals(frame_small_ckpt, encoder_weights(frame_small_ckpt))
 

@@ -46,7 +46,7 @@ def tasks(tmp_path_factory) -> Path:
 
 
 def test_layer_wise_lr_scales_are_the_official_ones(tiny_checkpoint):
-    # ATST small / base (12 blocks), as DESIGN.md section 12 states them
+    # ATST small / base (12 blocks), as audiossl's downstream fine-tuning sets them (layer_decay 0.75)
     assert layer_scale("blocks.0.attn.qkv.weight", 12, 0.75) == pytest.approx(0.75**12)
     assert layer_scale("blocks.11.mlp.fc2.bias", 12, 0.75) == pytest.approx(0.75)
     for name in ("patch_embed.proj.weight", "pos_embed", "cls_token", "mask_embed"):

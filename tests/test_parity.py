@@ -1,4 +1,4 @@
-"""Features equal the official code's (shared fixture) and a plain re-statement of it."""
+"""Features equal the official code's (tests/fixtures) and a plain re-statement of it."""
 
 from __future__ import annotations
 

@@ -22,13 +22,13 @@ WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip C
 
 
 @pytest.fixture(scope="module", params=["clip", "frame"])
-def method(request) -> str:
+def family(request) -> str:
     return request.param
 
 
 @pytest.fixture(scope="module")
-def short_run(corpus, method, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run") / f"short_{method}"
+def short_run(corpus, family, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / f"short_{family}"
     run_training(
         corpus,
         run_dir,
@@ -44,12 +44,12 @@ def short_run(corpus, method, tmp_path_factory) -> Path:
         "20",
         "--log-every",
         "2",
-        method=method,
+        family=family,
     )
     return run_dir
 
 
-def test_run_writes_checkpoints_logs_and_export(short_run, method):
+def test_run_writes_checkpoints_logs_and_export(short_run, family):
     ckpts = short_run / "checkpoints"
     assert {"last.ckpt", "final.ckpt", "step0000020.ckpt", "step0000040.ckpt"} <= {p.name for p in ckpts.iterdir()}
     assert list((short_run / "tensorboard").rglob("events.out.tfevents.*"))
@@ -57,9 +57,9 @@ def test_run_writes_checkpoints_logs_and_export(short_run, method):
     assert final["global_step"] == 40
     assert final["hyper_parameters"]["format"] == "atst-pretrain"
     encoder, spec = load_encoder(short_run / "atst_teacher.safetensors")
-    crop = {"clip": 2.0, "frame": 4.0}[method]
-    assert (spec.family, spec.embed_dim, spec.depth, spec.crop_seconds) == (method, 192, 4, crop)
-    official_crop_key = {"clip": "train_len", "frame": "anchor_len"}[method]
+    crop = {"clip": 2.0, "frame": 4.0}[family]
+    assert (spec.family, spec.embed_dim, spec.depth, spec.crop_seconds) == (family, 192, 4, crop)
+    official_crop_key = {"clip": "train_len", "frame": "anchor_len"}[family]
     assert final["hyper_parameters"][official_crop_key] == crop
     weights = final["state_dict"]
     for key, value in encoder.state_dict().items():
@@ -84,10 +84,10 @@ def test_schedules_at_chosen_steps(short_run):
     assert series["train/ema"][39] > series["train/ema"][1] >= 0.99
 
 
-def test_teacher_follows_student_by_ema(short_run, method):
+def test_teacher_follows_student_by_ema(short_run, family):
     weights = read_checkpoint(short_run / "checkpoints" / "final.ckpt")["state_dict"]
     torch.manual_seed(0)  # the run's seed: the encoder both branches started from
-    initial = ATSTEncoder.from_arch("tiny", family=method).state_dict()
+    initial = ATSTEncoder.from_arch("tiny", family=family).state_dict()
     key = "blocks.2.mlp.fc1.weight"
     teacher, student = weights["model.teacher.encoder." + key], weights["model.student.encoder." + key]
     assert not torch.equal(teacher, initial[key])  # the teacher moved
@@ -103,11 +103,11 @@ def test_loss_falls_and_outputs_do_not_collapse(short_run):
     assert min(series["train/std_teacher"].values()) > 0.01
 
 
-def test_checkpoint_works_in_hear_validator_and_plot(short_run, method):
+def test_checkpoint_works_in_hear_validator_and_plot(short_run, family):
     final = short_run / "checkpoints" / "final.ckpt"
     model = atst_hear.load_model(str(final))
     emb = atst_hear.get_scene_embeddings(0.1 * torch.randn(2, 32000), model)
-    assert model.family == method and emb.shape == (2, WIDTH[method]) and torch.isfinite(emb).all()
+    assert model.family == family and emb.shape == (2, WIDTH[family]) and torch.isfinite(emb).all()
     validator = Path(sys.executable).parent / "hear-validator"
     result = subprocess.run(
         [str(validator), "atst_hear", "-m", str(final), "-d", "cpu"], capture_output=True, text=True, env=ENV
@@ -117,8 +117,8 @@ def test_checkpoint_works_in_hear_validator_and_plot(short_run, method):
     assert out.returncode == 0 and (short_run / "curves.png").stat().st_size > 10_000
 
 
-def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
-    if method != "frame":
+def test_frame_run_logs_the_realised_mask_fraction(short_run, family):
+    if family != "frame":
         assert "train/mask_fraction" not in metrics(short_run)
         return
     fractions = list(metrics(short_run)["train/mask_fraction"].values())
@@ -126,8 +126,8 @@ def test_frame_run_logs_the_realised_mask_fraction(short_run, method):
 
 
 @pytest.mark.stack_independent
-@pytest.mark.parametrize("method", ["clip", "frame"])
-def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path, method):
+@pytest.mark.parametrize("family", ["clip", "frame"])
+def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path, family):
     flags = [
         "--probe",
         ",".join(str(t) for t in probe_tasks[:2]),
@@ -146,13 +146,13 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path
         "--log-data-order",
         "true",
     ]
-    run_training(corpus, tmp_path / "straight", *flags, method=method)
+    run_training(corpus, tmp_path / "straight", *flags, family=family)
 
     interrupted = tmp_path / "interrupted"
-    before = kill_after_checkpoint(train_command(corpus, interrupted, *flags, method=method), interrupted, step=8)
+    before = kill_after_checkpoint(train_command(corpus, interrupted, *flags, family=family), interrupted, step=8)
     assert 8 <= before < 12
 
-    result = run_training(corpus, interrupted, *flags, method=method)  # --resume auto: continues from last.ckpt
+    result = run_training(corpus, interrupted, *flags, family=family)  # --resume auto: continues from last.ckpt
     assert "resuming from" in result.stderr
     finals = [read_checkpoint(d / "checkpoints" / "final.ckpt") for d in (tmp_path / "straight", interrupted)]
     assert finals[0]["global_step"] == finals[1]["global_step"] == 12
@@ -161,7 +161,7 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path
     for step in range(12):
         assert resumed["train/lr"][step] == straight["train/lr"][step]
         assert resumed["train/ema"][step] == straight["train/ema"][step]
-        if method == "frame":  # the masks are functions of the seed and the step too
+        if family == "frame":  # the masks are functions of the seed and the step too
             assert resumed["train/mask_fraction"][step] == straight["train/mask_fraction"][step]
     # the online probe continues across the resume; up to the resume point the same teacher gives the
     # same figures (after it, the views differ: the Mixup banks start empty)
@@ -174,8 +174,8 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, probe_tasks, tmp_path
 
 
 @pytest.mark.stack_independent
-@pytest.mark.parametrize("method", ["clip", "frame"])
-def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, method):
+@pytest.mark.parametrize("family", ["clip", "frame"])
+def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, family):
     run_dir = tmp_path / "ddp"
     run_training(
         corpus,
@@ -200,7 +200,7 @@ def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, method):
         "ddp",
         "--log-data-order",
         "true",
-        method=method,
+        family=family,
     )
     final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == 6 and final["hyper_parameters"]["world_size"] == 2
@@ -210,7 +210,7 @@ def test_two_process_ddp_on_cpu(corpus, probe_tasks, tmp_path, method):
     lr = metrics(run_dir)["train/lr"]
     assert lr[1] == pytest.approx(learning_rate(1, peak=4e-3 * 4 * 2 / 256, total_steps=6, warmup_steps=2), rel=1e-5)
     model = atst_hear.load_model(str(run_dir / "checkpoints" / "final.ckpt"))
-    assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, WIDTH[method])
+    assert atst_hear.get_scene_embeddings(0.1 * torch.randn(1, 16000), model).shape == (1, WIDTH[family])
     # rank 0 alone probes: one record per probed step, and the probe's lines are in the logs
     assert [json.loads(line)["step"] for line in (run_dir / "probe.jsonl").read_text().splitlines()] == [0, 3, 6]
     assert sorted(metrics(run_dir)["probe/speech_commands/knn"]) == [0, 3, 6]

@@ -236,12 +236,12 @@ def test_shard_sources_and_their_errors(clean_shards, tmp_path):
 FLAGS = ["--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--log-data-order", "true"]
 
 
-@pytest.mark.parametrize("method", ["clip", "frame"])
-def test_training_from_shards_skips_and_counts_damage(damaged_shards, tmp_path, method):
+@pytest.mark.parametrize("family", ["clip", "frame"])
+def test_training_from_shards_skips_and_counts_damage(damaged_shards, tmp_path, family):
     folder, skipped = damaged_shards
-    run_dir = tmp_path / method
+    run_dir = tmp_path / family
     # 2 loader workers (2 streams of about 12 samples), 8 samples a step: 16 steps are several passes
-    run_training(folder, run_dir, "--max-steps", "16", "--num-workers", "2", *FLAGS, "--batch-size", "8", method=method)
+    run_training(folder, run_dir, "--max-steps", "16", "--num-workers", "2", *FLAGS, "--batch-size", "8", family=family)
     final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == 16
     records = [json.loads(line) for line in (run_dir / "data_order.jsonl").read_text().splitlines()]
@@ -281,7 +281,7 @@ def test_kill_and_resume_from_shards_matches_uninterrupted_run(damaged_shards, t
 def test_two_process_ddp_from_shards_sees_each_sample_once_per_pass(clean_shards, tmp_path):
     run_dir = tmp_path / "ddp"
     ddp = ["--devices", "2", "--strategy", "ddp", "--checkpoint-every", "4"]
-    run_training(clean_shards, run_dir, "--max-steps", "8", "--num-workers", "1", *ddp, *FLAGS, method="frame")
+    run_training(clean_shards, run_dir, "--max-steps", "8", "--num-workers", "1", *ddp, *FLAGS, family="frame")
     final = read_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == 8 and final["hyper_parameters"]["world_size"] == 2
     per_rank = [run_dir / "data_order.jsonl", run_dir / "data_order.rank1.jsonl"]

@@ -271,7 +271,7 @@ def test_frame_presets_reproduce_the_official_settings_and_schedules():
     }
     for preset, o in official.items():
         config = PretrainConfig(**{**PRESETS[preset], "arch": "tiny"})  # the schedules do not depend on the width
-        assert (config.method, config.crop_seconds, config.batch_size) == ("frame", 10.0, o["batch"])
+        assert (config.family, config.crop_seconds, config.batch_size) == ("frame", 10.0, o["batch"])
         assert (config.mask_prob, config.mask_span, config.min_spans) == (0.65, 5, 2)
         module = ATSTPretraining(config.to_dict(), world_size=o["nproc"])
         lr = official_schedule(o["lr"] * o["nproc"] * o["batch"] / 256, 1e-6, o["steps"], o["warmup"])

@@ -1,4 +1,5 @@
-"""The official fine-tuning recipe as a Lightning module (../shared/DESIGN.md section 12).
+"""The official fine-tuning recipe as a Lightning module (audiossl ``methods/atst/downstream/``,
+``methods/atstframe/downstream/``).
 
 The encoder's feature (Clip: ``[CLS ; token mean]`` of the last block; Frame: the token mean of
 ``norm_frame``; both averaged over chunks of the trained crop length by the official scene

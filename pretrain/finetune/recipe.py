@@ -1,55 +1,71 @@
-"""Settings of a fine-tuning run: the official recipe (../shared/DESIGN.md section 12) as defaults,
+"""Settings of a fine-tuning run: the official recipe (audiossl
+``methods/atst/downstream/``, docs/finetuning.md) as defaults,
 presets named after the official tasks' scripts (``shell/downtream/finetune/eval_*.sh``), and a
-CPU-sized preset for tests and smoke runs. Every setting is a flag and a YAML key."""
+CPU-sized preset for tests and smoke runs. Every setting is a flag (``--help`` says what it is, its unit,
+range and official values) and a YAML key."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pretrain.training.config import parse_setting
+from pretrain import settings
+from pretrain.settings import setting, to_plain
+from pretrain.training.config import ACCELERATORS, PRECISIONS
 
 
 @dataclass
 class FinetuneConfig:
-    """``lr`` is the scripts' value: the peak learning rate is ``lr * total batch / 256``."""
+    """Every setting of a fine-tuning run; the defaults are the official recipe."""
 
-    lr: float = 0.5
-    final_lr: float = 1e-6
-    epochs: int = 50
-    warmup_epochs: int = 5
-    batch_size: int = 128  # per device (official: 128 x 4 GPUs)
-    layer_decay: float = 0.75  # block i of D gets layer_decay ** (D - i); embeddings ** D; final norm ** 1
-    drop_path: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    clip_grad: float = 3.0
-    mixup_alpha: float = 0.5  # label mixup lambda ~ Beta(alpha, alpha); 0 turns mixup off
-    mixup_memory: int = 5000  # FIFO bank of past (mel, label) pairs
-    rrc: bool = True  # Random Resize Crop after mixup (virtual 1.0 x F, 1.5 x T)
-    max_seconds: float = 12.0  # centre crop of every clip, train and test (official)
-    freeze: bool = False  # frozen baseline: all blocks' features into the same head, encoder untouched
-    baseline: bool = False  # also run the frozen baseline and report both
-    frozen_lr: float = 0.1
-    frozen_epochs: int = 100
-    frozen_batch_size: int = 1024
-    seed: int = 0
-    devices: str = "auto"
-    num_nodes: int = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    log_every: int = 10
-    resume: str = "auto"  # "auto": each round's last.ckpt if there is one; "never"
+    lr: float = setting(
+        0.5, "the scripts' learning rate: the peak is lr x total batch / 256, after linear warm-up, then cosine to "
+        "final_lr", low=0.0, low_open=True,
+    )
+    final_lr: float = setting(1e-6, "learning rate at the end", low=0.0)
+    epochs: int = setting(50, "length of the run", unit="epochs", low=1)
+    warmup_epochs: int = setting(5, "linear learning-rate warm-up", unit="epochs", low=0)
+    batch_size: int = setting(128, "clips per device and step (official: 128 x 4 GPUs)", unit="clips", low=1)
+    layer_decay: float = setting(
+        0.75, "layer-wise lr decay: block i of D gets layer_decay ** (D - i), embeddings ** D, final norm ** 1",
+        low=0.0, high=1.0, low_open=True,
+    )
+    drop_path: float = setting(0.1, "stochastic depth, linspace to this over the blocks", low=0.0, high=1.0,
+                               high_open=True)
+    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
+    weight_decay: float = setting(0.0, "SGD weight decay", low=0.0)
+    clip_grad: float = setting(3.0, "gradient clipping, by norm (0: none)", low=0.0)
+    mixup_alpha: float = setting(0.5, "label mixup: lambda ~ Beta(alpha, alpha); 0 turns mixup off", low=0.0)
+    mixup_memory: int = setting(5000, "label mixup: FIFO bank of past (mel, label) pairs", unit="clips", low=1)
+    rrc: bool = setting(True, "Random Resize Crop after mixup (virtual canvas 1.0 x F, 1.5 x T)")
+    max_seconds: float = setting(
+        12.0, "centre crop of every clip, train and test", unit="seconds", low=0.0, low_open=True
+    )
+    freeze: bool = setting(
+        False, "the frozen baseline alone: all blocks' features into the same head, encoder untouched", official=False
+    )
+    baseline: bool = setting(False, "also run the frozen baseline and report both", official=False)
+    frozen_lr: float = setting(0.1, "frozen baseline: learning rate", low=0.0, low_open=True)
+    frozen_epochs: int = setting(100, "frozen baseline: length", unit="epochs", low=1)
+    frozen_batch_size: int = setting(1024, "frozen baseline: batch", unit="clips", low=1)
+    seed: int = setting(0, "seeds the head, the data order, mixup and drop path", official=False)
+    devices: str = setting("auto", "devices per node: auto, a count, or indices such as 0,1", official=False)
+    num_nodes: int = setting(1, "machines of the run", low=1, official=False)
+    accelerator: str = setting("auto", "Lightning accelerator", choices=ACCELERATORS, official=False)
+    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...", official=False)
+    precision: str = setting("32-true", "Lightning precision (bf16-mixed: bfloat16 autocast)", choices=PRECISIONS,
+                             official=False)
+    accumulate_grad_batches: int = setting(1, "batches per optimizer step", low=1, official=False)
+    log_every: int = setting(10, "logging interval", unit="optimizer steps", low=1, official=False)
+    resume: str = setting(
+        "auto", "auto: each round continues from its last.ckpt if there is one; never: start afresh",
+        choices=("auto", "never"), official=False,
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -74,36 +90,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+OFFICIAL_PRESETS = ("default", "as20k", "fsd50k", "spcv2", "us8k", "nsynth", "voxceleb1")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="any checkpoint the package reads")
     parser.add_argument("--task", type=Path, required=True, help="a HEAR 2021 task folder (scene task)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of settings (over the preset)")
-    for f in fields(FinetuneConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=f.name.upper())
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, scores.json")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="starting values: default (the official recipe), the official tasks' scripts (as20k, fsd50k, spcv2, "
+        "us8k, nsynth, voxceleb1), or tiny (this project's, minutes on two CPU cores)",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of settings, applied over the preset")
+    settings.add_arguments(parser, FinetuneConfig, PRESETS, OFFICIAL_PRESETS)
 
 
 def from_arguments(args: argparse.Namespace) -> FinetuneConfig:
     """Preset, then the YAML file, then command-line flags."""
-    values: dict[str, Any] = dict(PRESETS[args.preset])
-    by_name = {f.name: f for f in fields(FinetuneConfig)}
-    if args.config is not None:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        unknown = sorted(set(loaded) - set(by_name))
-        if unknown:
-            raise ValueError(f"unknown settings in {args.config}: {unknown}")
-        values.update(loaded)
-    for name, f in by_name.items():
-        text = getattr(args, name, None)
-        if text is not None:
-            values[name] = parse_setting(f, text)
-    config = FinetuneConfig(**values)
-    for name in ("epochs", "batch_size", "frozen_epochs", "frozen_batch_size", "mixup_memory"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not 0 <= config.warmup_epochs < config.epochs:
-        raise ValueError(f"warmup_epochs must be in 0..epochs-1, got {config.warmup_epochs}")
-    if not 0 < config.layer_decay <= 1:
-        raise ValueError(f"layer_decay must be in (0, 1], got {config.layer_decay}")
+    config = settings.from_arguments(args, FinetuneConfig, PRESETS, args.preset)
+    if config.warmup_epochs >= config.epochs:
+        raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must be below epochs ({config.epochs})")
     return config

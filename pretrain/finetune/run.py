@@ -28,6 +28,7 @@ from pretrain.finetune.recipe import FinetuneConfig
 from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.hear_task import HearTask, Split, TaskError
+from pretrain.settings import lightning_devices
 from pretrain.training.data import mix_seed
 from pretrain.training.plot import plot_run
 
@@ -82,12 +83,6 @@ class EpochBatches(Sampler[list[int]]):
         return max(mine // min(self.batch_size, mine), 1)
 
 
-def _devices(text: str) -> int | str | list[int]:
-    if text == "auto":
-        return "auto"
-    return [int(d) for d in text.split(",") if d] if "," in text else int(text)
-
-
 def _frozen_features(checkpoint: str, splits: list[Split]) -> list[Tensor]:
     """The official linear evaluation's features (all blocks) of each split, computed once."""
     extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
@@ -109,7 +104,7 @@ def _trainer(config: FinetuneConfig, run_dir: Path, epochs: int) -> tuple[pl.Tra
     )
     trainer = pl.Trainer(
         accelerator=config.accelerator,
-        devices=_devices(config.devices),
+        devices=lightning_devices(config.devices),
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=config.precision,

@@ -1,77 +1,135 @@
 """Pretraining configuration: presets reproducing the official runs, YAML files, CLI overrides.
 
-One configuration serves both recipes; ``method`` picks ATST-Clip or ATST-Frame and the settings
-that only one of them reads say so.
+One configuration serves both recipes; ``family`` picks ATST-Clip or ATST-Frame and the settings
+that only one of them reads say so. Every setting is a flag (``--help`` shows what it is, its unit,
+range and official values) and a YAML key.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pretrain import settings
+from pretrain.model.encoder import ARCHS
+from pretrain.settings import check_value, from_plain, setting, to_plain
+
+ARCH_NAMES = tuple(sorted(ARCHS))
+
+
+FAMILY_NAMES = ("clip", "frame")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 @dataclass
 class PretrainConfig:
-    """Every setting of a pretraining run. ``batch_size`` is per device; the peak learning rate is
+    """Every setting of a pretraining run (the defaults are the official ATST-Clip small run).
+    ``batch_size`` is per device; the peak learning rate is
     ``base_lr * batch_size * devices * num_nodes * accumulate_grad_batches / 256``."""
 
-    method: str = "clip"  # "clip": ATST-Clip; "frame": ATST-Frame
-    arch: str = "small"
-    data: str = ""  # a folder of wav/flac/ogg files, a CSV/TSV manifest with a "path" column, or shards
-    shard_index: str = ""  # the shards' index.json where it is not beside them (pipe: URLs)
-    shuffle_buffer: int = 1000  # shards: samples shuffled together per loader stream (held encoded)
-    run_dir: str = "runs/atst"
-    crop_seconds: float = 6.0  # the official train_len (Clip) / anchor_len (Frame)
-    batch_size: int = 384
-    base_lr: float = 5e-4
-    final_lr: float = 1e-6
-    warmup_steps: int = 1300
-    max_steps: int = 39100
-    ema: float = 0.99
-    weight_decay_start: float = 0.04
-    weight_decay_end: float = 0.4
-    mixup_ratio: float = 0.4
-    mixup_memory: int = 2000
-    virtual_crop_scale: float = 1.5  # Clip: canvas width of Random Resize Crop (Frame: 1, fixed)
-    freq_scale: tuple[float, float] = (0.6, 1.5)
-    time_scale: tuple[float, float] = (0.6, 1.5)  # Clip only (Frame keeps the time axis)
-    mask_prob: float = 0.65  # Frame: span starts per token (fairseq mask_prob; about half the tokens end masked)
-    mask_span: int = 5  # Frame: tokens per masked span
-    min_spans: int = 2  # Frame: at least this many spans per clip
-    drop_path: float = 0.1  # stochastic depth of the encoders (official default of AST and FrameAST)
-    teacher_mode: str = "train"  # "train" as officially (drop path, batch-statistics BN), or "eval"
-    devices: str = "auto"
-    num_nodes: int = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"  # "bf16-mixed" for bfloat16 autocast
-    accumulate_grad_batches: int = 1
-    num_workers: int = 4
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    seed: int = 0
-    resume: str = "auto"  # "auto": the run's last.ckpt if there is one; "never"; or a checkpoint path
-    probe: str = ""  # HEAR scene task folders, comma-separated: the online probe (pretrain.training.probe)
-    probe_every: int = 0  # optimizer steps between probes; 0: a fifth of max_steps
-    log_data_order: bool = False  # every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)
+    family: str = setting(
+        "clip", "ATST family: clip (ATST-Clip: two crops, CLS outputs) or frame (ATST-Frame: masked frame tokens)",
+        choices=FAMILY_NAMES, official=False, alias="method",
+    )
+    arch: str = setting("small", "encoder size", choices=ARCH_NAMES)
+    data: str = setting(
+        "", "training audio: a folder of wav/flac/ogg files, a CSV/TSV manifest with a 'path' column, or "
+        "WebDataset shards (a folder of .tar, a brace pattern, pipe: URLs)", official=False,
+    )
+    shard_index: str = setting("", "the shards' index.json where it is not beside them (pipe: URLs)", official=False)
+    shuffle_buffer: int = setting(
+        1000, "shards: samples shuffled together per loader stream (held encoded in memory)", unit="samples", low=1,
+        official=False,
+    )
+    run_dir: str = setting("runs/atst", "run folder: checkpoints, logs, curves, exported teacher", official=False)
+    crop_seconds: float = setting(
+        6.0, "length of each training crop (the official train_len of Clip, anchor_len of Frame)", unit="seconds",
+        low=0.5, high=10.0,
+    )
+    batch_size: int = setting(384, "clips per device and step", unit="clips", low=1)
+    base_lr: float = setting(
+        5e-4, "peak learning rate for a total batch of 256 (peak = base_lr x total batch / 256), after linear "
+        "warm-up, then cosine to final_lr", low=0.0, low_open=True,
+    )
+    final_lr: float = setting(1e-6, "learning rate at max_steps", low=0.0)
+    warmup_steps: int = setting(1300, "linear learning-rate warm-up", unit="optimizer steps", low=0)
+    max_steps: int = setting(39100, "length of the run and of its schedules", unit="optimizer steps", low=1)
+    ema: float = setting(0.99, "teacher EMA momentum at step 0, cosine to 1 at max_steps", low=0.0, high=1.0)
+    weight_decay_start: float = setting(0.04, "AdamW weight decay at step 0 (cosine to the end value)", low=0.0)
+    weight_decay_end: float = setting(0.4, "AdamW weight decay at max_steps", low=0.0)
+    mixup_ratio: float = setting(
+        0.4, "Mixup: the mixed-in share is ratio x U(0, 1), in the log-mixup-exp form", low=0.0, high=1.0
+    )
+    mixup_memory: int = setting(2000, "Mixup: FIFO bank of earlier clips to mix in", unit="clips", low=1)
+    virtual_crop_scale: float = setting(
+        1.5, "Clip: Random Resize Crop canvas width, times the crop (Frame: 1, fixed)", low=1.0
+    )
+    freq_scale: tuple[float, float] = setting(
+        (0.6, 1.5), "Random Resize Crop: range of the frequency scale", unit="LOW,HIGH", low=0.0, low_open=True
+    )
+    time_scale: tuple[float, float] = setting(
+        (0.6, 1.5), "Clip: Random Resize Crop range of the time scale (Frame keeps the time axis)", unit="LOW,HIGH",
+        low=0.0, low_open=True,
+    )
+    mask_prob: float = setting(
+        0.65, "Frame: span starts per token (fairseq mask_prob; about half the tokens end masked)",
+        low=0.0, high=1.0, low_open=True, high_open=True,
+    )
+    mask_span: int = setting(5, "Frame: tokens per masked span", unit="tokens", low=1)
+    min_spans: int = setting(2, "Frame: masked spans per clip, at least", low=1)
+    drop_path: float = setting(
+        0.1, "stochastic depth of the encoders (linspace to this over the blocks)", low=0.0, high=1.0, high_open=True
+    )
+    teacher_mode: str = setting(
+        "train", "teacher's mode: train as officially (drop path, batch-statistics BN) or eval",
+        choices=("train", "eval"),
+    )
+    devices: str = setting("auto", "devices per node: auto, a count, or indices such as 0,1", official=False)
+    num_nodes: int = setting(1, "machines of the run", low=1, official=False)
+    accelerator: str = setting("auto", "Lightning accelerator", choices=ACCELERATORS, official=False)
+    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...", official=False)
+    precision: str = setting("32-true", "Lightning precision (bf16-mixed: bfloat16 autocast)", choices=PRECISIONS)
+    accumulate_grad_batches: int = setting(1, "batches per optimizer step", low=1, official=False)
+    num_workers: int = setting(4, "data loader processes per device", low=0, official=False)
+    checkpoint_every: int = setting(1000, "checkpoint interval", unit="optimizer steps", low=1, official=False)
+    keep_checkpoints: int = setting(3, "step checkpoints kept beside last.ckpt (-1: all)", low=-1, official=False)
+    log_every: int = setting(50, "logging interval", unit="optimizer steps", low=1, official=False)
+    seed: int = setting(0, "seeds the weights, the sample order, crops, augmentations and masks", official=False)
+    resume: str = setting(
+        "auto", "auto: continue from the run's last.ckpt if there is one; never; or a checkpoint path", official=False
+    )
+    probe: str = setting(
+        "", "HEAR scene task folders, comma-separated: the online probe (k-NN / linear accuracy, effective rank)",
+        official=False,
+    )
+    probe_every: int = setting(0, "probe interval; 0: a fifth of max_steps", unit="optimizer steps", low=0,
+                               official=False)
+    log_data_order: bool = setting(
+        False, "write every step's samples to data_order.jsonl (rank r > 0: data_order.rank{r}.jsonl)", official=False
+    )
 
     def probe_tasks(self) -> list[str]:
         """The task folders of ``probe``, in order."""
         return [task for task in self.probe.split(",") if task]
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        """Plain types (pairs as lists): the checkpoint's hyper-parameters."""
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        """The inverse of ``to_dict``; ``method`` (this package's name for ``family`` before 0.2) accepted."""
+        values = dict(values)
+        if "method" in values:
+            values.setdefault("family", values.pop("method"))
+        return from_plain(cls, values)
 
 
 # YAML keys accepted for a setting under its official name
-ALIASES = {"train_len": "crop_seconds", "anchor_len": "crop_seconds"}
+ALIASES = {"train_len": "crop_seconds", "anchor_len": "crop_seconds", "method": "family"}
 
 # Runs on two CPU cores in minutes: this project's, for tests, demos and smoke runs.
 _CPU_SIZED = {
@@ -119,7 +177,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # official ATST-Frame small (atstframe/train_small.sh): 4 GPUs x 256, base lr 4e-4, 1,950 warm-up,
     # 58,500 steps, EMA 0.997, 10 s crops, spans of 5 at 0.65
     "frame-small": {
-        "method": "frame",
+        "family": "frame",
         "crop_seconds": 10.0,
         "batch_size": 256,
         "base_lr": 4e-4,
@@ -130,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # official ATST-Frame base (atstframe/train_base.sh): 7 GPUs x 144, base lr 8e-5, 19,900 warm-up,
     # 398,000 steps, EMA 0.9996, all of AudioSet-2M
     "frame-base": {
-        "method": "frame",
+        "family": "frame",
         "arch": "base",
         "crop_seconds": 10.0,
         "batch_size": 144,
@@ -139,98 +197,48 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": 398000,
         "ema": 0.9996,
     },
-    "frame-tiny": {**_CPU_SIZED, "method": "frame", "crop_seconds": 4.0},
+    "frame-tiny": {**_CPU_SIZED, "family": "frame", "crop_seconds": 4.0},
 }
 DEFAULT_PRESET = {"clip": "small", "frame": "frame-small"}
 
 
-def parse_setting(field: dataclasses.Field, text: str) -> Any:
-    """A flag's text as the type of its dataclass field (tuples as "low,high", booleans as true/false)."""
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    if kind.startswith("tuple"):
-        low, high = (float(v) for v in text.split(","))
-        return (low, high)
-    if kind == "bool":
-        if text.lower() in ("1", "true", "yes"):
-            return True
-        if text.lower() in ("0", "false", "no"):
-            return False
-        raise argparse.ArgumentTypeError(f"{field.name}: expected true/false, got {text!r}")
-    if kind == "int":
-        return int(text)
-    if kind == "float":
-        return float(text)
-    return text
+OFFICIAL_PRESETS = ("small", "base", "frame-small", "frame-base")  # the official runs' settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--name`` flag per setting, plus ``--preset`` and ``--config`` (YAML)."""
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default=None, help="starting values (default: the method's official small)"
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="starting values of every setting: the official runs (small, base, frame-small, frame-base) or this "
+        "project's CPU-sized ones (tiny, tiny-long, frame-tiny); default: the family's official small",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of settings (over the preset)")
-    for f in fields(PretrainConfig):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"(default from the preset; {f.type})",
-        )
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of settings, applied over the preset")
+    settings.add_arguments(parser, PretrainConfig, PRESETS, OFFICIAL_PRESETS)
 
 
 def from_arguments(args: argparse.Namespace) -> PretrainConfig:
-    """Preset, then the YAML file, then command-line flags."""
-    preset = args.preset or DEFAULT_PRESET.get(getattr(args, "method", None) or "clip")
-    if preset is None:
-        raise ValueError(f"method must be one of {sorted(DEFAULT_PRESET)}, got {args.method!r}")
-    values: dict[str, Any] = dict(PRESETS[preset])
-    by_name = {f.name: f for f in fields(PretrainConfig)}
-    if args.config is not None:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        loaded = {ALIASES.get(k, k): v for k, v in loaded.items()}
-        unknown = sorted(set(loaded) - set(by_name))
-        if unknown:
-            raise ValueError(f"unknown settings in {args.config}: {unknown}")
-        values.update({k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()})
-    for name, f in by_name.items():
-        text = getattr(args, name, None)
-        if text is not None:
-            values[name] = parse_setting(f, text)
-    config = PretrainConfig(**values)
+    """Preset, then the YAML file, then command-line flags; the result validated."""
+    preset = args.preset or DEFAULT_PRESET[getattr(args, "family", None) or "clip"]
+    config = settings.from_arguments(args, PretrainConfig, PRESETS, preset, ALIASES)
     validate(config)
     return config
 
 
 def validate(config: PretrainConfig) -> None:
-    from pretrain.model.encoder import ARCHS
-
-    if config.method not in DEFAULT_PRESET:
-        raise ValueError(f"method must be one of {sorted(DEFAULT_PRESET)}, got {config.method!r}")
-    if config.arch not in ARCHS:
-        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {config.arch!r}")
-    if not 0.5 <= config.crop_seconds <= 10.0:
-        raise ValueError(f"crop_seconds must be in 0.5..10 s (250 positions), got {config.crop_seconds}")
-    if config.teacher_mode not in ("train", "eval"):
-        raise ValueError(f"teacher_mode must be 'train' or 'eval', got {config.teacher_mode!r}")
-    if not 0.0 <= config.drop_path < 1.0:
-        raise ValueError(f"drop_path must be in [0, 1), got {config.drop_path}")
-    if config.method == "frame":
+    """What the fields' own ranges cannot say: settings that depend on each other, and the probe's tasks.
+    Each value's type, choices and range come from its field (``pretrain.settings.check_value``)."""
+    for f in fields(config):
+        check_value(f, getattr(config, f.name))
+    if config.family == "frame":
         n_tokens = int(config.crop_seconds * 100 + 1) // 4
-        if not 0.0 < config.mask_prob < 1.0 or config.mask_span < 1 or config.min_spans < 1:
-            raise ValueError("mask_prob must be in (0, 1), mask_span and min_spans >= 1")
         if n_tokens - config.mask_span <= config.min_spans:
             raise ValueError(
                 f"a {config.crop_seconds} s crop ({n_tokens} tokens) is too short for spans of {config.mask_span}"
             )
     if config.max_steps <= config.warmup_steps:
         raise ValueError(f"max_steps ({config.max_steps}) must exceed warmup_steps ({config.warmup_steps})")
-    if config.probe_every < 0:
-        raise ValueError(f"probe_every must be >= 0, got {config.probe_every}")
     for task in config.probe_tasks():
         if not (Path(task) / "task_metadata.json").is_file():
             raise ValueError(f"probe task {task!r} is not a HEAR task folder (no task_metadata.json)")
-    positive = ("batch_size", "accumulate_grad_batches", "checkpoint_every", "num_nodes", "log_every", "shuffle_buffer")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")

@@ -24,7 +24,7 @@ REFERENCE_BATCH = 256  # the learning rate is given for this total batch size
 def official_hparams(config: PretrainConfig) -> dict[str, Any]:
     """The official training scripts' names for what they also hold, so the official
     ``load_from_checkpoint`` and tools that read ``train_len`` / ``anchor_len`` understand our files."""
-    if config.method == "clip":
+    if config.family == "clip":
         return {"train_len": config.crop_seconds}
     return {
         "anchor_len": config.crop_seconds,
@@ -53,10 +53,10 @@ class ATSTPretraining(pl.LightningModule):
 
     def __init__(self, config: dict[str, Any], world_size: int = 1) -> None:
         super().__init__()
-        self.config = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        self.config = PretrainConfig.from_dict(config)
         c = self.config
         torch.manual_seed(c.seed)
-        encoder = ATSTEncoder.from_arch(c.arch, family=c.method, drop_path=c.drop_path)
+        encoder = ATSTEncoder.from_arch(c.arch, family=c.family, drop_path=c.drop_path)
         self.save_hyperparameters(
             {
                 **c.to_dict(),
@@ -64,7 +64,6 @@ class ATSTPretraining(pl.LightningModule):
                 "world_size": world_size,
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
-                "family": c.method,
                 "embed_dim": encoder.embed_dim,
                 "depth": encoder.depth,
                 "num_heads": encoder.num_heads,
@@ -72,7 +71,7 @@ class ATSTPretraining(pl.LightningModule):
         )
         self.model = TeacherStudent(encoder, teacher_mode=c.teacher_mode)
         self.frontend = LogMelFrontEnd()
-        self.views = VIEWS[c.method](c)
+        self.views = VIEWS[c.family](c)
         total_batch = c.batch_size * world_size * c.accumulate_grad_batches
         self.peak_lr = c.base_lr * total_batch / REFERENCE_BATCH
         self.skipped_files = 0

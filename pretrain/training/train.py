@@ -12,10 +12,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
+from pretrain.settings import lightning_devices
 from pretrain.training.config import PretrainConfig
 from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
 from pretrain.training.probe import OnlineProbe
+from pretrain.training.progress import StepProgressBar
 from pretrain.training.shard_stream import ShardStream, is_shard_source, resolve_shards
 from pretrain.training.views import VIEWS
 
@@ -33,7 +35,7 @@ class CropData(pl.LightningDataModule):
         self.config = config
         self.shards = resolve_shards(config.data, config.shard_index or None) if is_shard_source(config.data) else None
         if self.shards is None:
-            self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.method].n_crops)
+            self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.family].n_crops)
         self.restored_layout: dict | None = None
 
     def layout(self) -> dict:
@@ -71,7 +73,7 @@ class CropData(pl.LightningDataModule):
             stream = ShardStream(
                 self.shards,
                 crop_seconds=c.crop_seconds,
-                n_crops=VIEWS[c.method].n_crops,
+                n_crops=VIEWS[c.family].n_crops,
                 batch_size=c.batch_size,
                 seed=c.seed,
                 rank=trainer.global_rank,
@@ -100,14 +102,6 @@ class CropData(pl.LightningDataModule):
         )
 
 
-def _devices(text: str) -> int | str | list[int]:
-    if text == "auto":
-        return "auto"
-    if "," in text:
-        return [int(d) for d in text.split(",") if d]
-    return int(text)
-
-
 def resume_path(config: PretrainConfig) -> str | None:
     if config.resume == "never":
         return None
@@ -134,12 +128,12 @@ def build_trainer(config: PretrainConfig) -> pl.Trainer:
     # CSV rows reach the disk at every logging step, so a killed run keeps its curves up to its last log
     csv_logger = CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every)
     loggers = [TensorBoardLogger(run_dir, name="tensorboard"), csv_logger]
-    callbacks: list[pl.Callback] = [checkpoints]
+    callbacks: list[pl.Callback] = [checkpoints, StepProgressBar()]
     if config.probe_tasks():
         every = config.probe_every or max(1, config.max_steps // 5)
         probe = OnlineProbe(config.probe_tasks(), every=every, chunk_seconds=config.crop_seconds, run_dir=run_dir)
         callbacks.append(probe)
-    devices = _devices(config.devices)
+    devices = lightning_devices(config.devices)
     multi = (isinstance(devices, int) and devices > 1) or isinstance(devices, list) or config.num_nodes > 1
     # SyncBatchNorm needs CUDA; CPU processes (gloo) keep per-process batch statistics
     on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")

@@ -1,7 +1,7 @@
 """The two views of each recipe, made batched on the training device from the loader's crops.
 
 =====================  ====================================  =========================================
-                       ATST-Clip (``method="clip"``)          ATST-Frame (``method="frame"``)
+                       ATST-Clip (``family="clip"``)          ATST-Frame (``family="frame"``)
 =====================  ====================================  =========================================
 crops per clip          two independent random crops          one crop, used for both views
 view A                  Mixup (own bank) + Random Resize      the mel, unaugmented (official
