@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pretrain.extras import extras_named
+
 log = logging.getLogger("atst_hear.run_heareval")
 USAGE = "usage: python -m atst_hear.run_heareval {embeddings,predictions} [heareval arguments]"
 
@@ -73,14 +75,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] not in ("embeddings", "predictions"):
         raise SystemExit(USAGE)
     command, rest = argv[0], argv[1:]
-    if command == "embeddings":
-        _bridge_gpu_checks()
-        from heareval.embeddings.runner import runner
-    else:
-        if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
-            os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-        _record_epoch_where_lightning_reads_it()
-        from heareval.predictions.runner import runner
+    with extras_named("python -m atst_hear.run_heareval"):
+        if command == "embeddings":
+            _bridge_gpu_checks()
+            from heareval.embeddings.runner import runner
+        else:
+            if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
+                os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+            _record_epoch_where_lightning_reads_it()
+            from heareval.predictions.runner import runner
     runner.main(args=rest, prog_name=f"python -m atst_hear.run_heareval {command}")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from atst_upstream import hubconf
+from pretrain.extras import extras_named
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CLEAR_CACHE_FLAG = "--clear-data-cache"
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = s3prl_argv(argv)
-    from s3prl import hub  # imports every built-in upstream, as s3prl itself does
+    with extras_named("atst-s3prl-downstream"):
+        from s3prl import hub  # imports every built-in upstream, as s3prl itself does
 
     register(hub)
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):

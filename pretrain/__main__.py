@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrain.extras import INSTALL, extras_named
 from pretrain.model.audio_io import load_audio
 from pretrain.model.checkpoint import inspect_checkpoint, write_random_checkpoint
 from pretrain.model.encoder import ARCHS
@@ -166,8 +167,8 @@ def _demo(args: argparse.Namespace) -> None:
     validator = Path(sys.executable).parent / "hear-validator"
     if not validator.is_file():
         raise FileNotFoundError(
-            f"the demo checks its checkpoint with hear-validator, not found beside {sys.executable}: install the "
-            "[hear] extra and `pip install --no-deps hearvalidator==2021.0.6` (README, Install)"
+            f"the demo checks its checkpoint with hear-validator, not found beside {sys.executable}: "
+            f"{INSTALL['hear']}"
         )
     out = Path(args.out)
     missing = rendered_sound.missing_tools()
@@ -287,28 +288,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the commands import beyond the core install, and the extra that brings it
-EXTRA_OF_MODULE = {
-    module: "pretrain"
-    for module in ("lightning", "yaml", "webdataset", "safetensors", "matplotlib", "tensorboard", "tqdm")
-}
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
-    except ModuleNotFoundError as err:
-        extra = EXTRA_OF_MODULE.get((err.name or "").split(".")[0])
-        if extra is None:
-            raise
-        print(
-            f"error: python -m pretrain {args.command} needs the [{extra}] extra (no module named {err.name!r}): "
-            f"pip install \"atst-plugins[{extra}]\"",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
+        with extras_named(f"python -m pretrain {args.command}"):
+            args.run(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

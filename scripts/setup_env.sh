@@ -73,11 +73,11 @@ else
     export PIP_CONSTRAINT=/dev/null
     pip_install --upgrade pip
     pip_install "$(grep '^torch==' "$LOCK")"
-    torch_before=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+    torch_before=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null)
     pip_install -r "$LOCK"
     pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
     pip_install -e ".[pretrain]"
-    torch_after=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+    torch_after=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null)
     if [ "$torch_before" != "$torch_after" ]; then
         echo "setup failed: installing the package replaced torch $torch_before with $torch_after ($log)" >&2
         exit 1
