@@ -29,7 +29,7 @@ def family(request) -> str:
 @pytest.fixture(scope="module")
 def short_run(corpus, family, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / f"short_{family}"
-    run_training(
+    result = run_training(
         corpus,
         run_dir,
         "--drop-path",
@@ -46,7 +46,15 @@ def short_run(corpus, family, tmp_path_factory) -> Path:
         "2",
         family=family,
     )
+    (run_dir / "output.txt").write_text(result.stdout + result.stderr)  # Lightning draws its bars on stdout
     return run_dir
+
+
+def test_progress_bar_counts_steps_of_max_steps(short_run):
+    lines = (short_run / "output.txt").read_text().replace("\r", "\n").splitlines()  # tqdm redraws with \r
+    bar = [line for line in lines if "pretraining" in line]
+    assert bar and "40/40" in bar[-1] and "step/s" in bar[-1] and "train/loss=" in bar[-1], bar[-1:]
+    assert all("Epoch" not in line and "v_num" not in line for line in bar)
 
 
 def test_run_writes_checkpoints_logs_and_export(short_run, family):
