@@ -88,3 +88,4 @@ else
     fi
 fi
 echo "$want" > "$stamp"
+echo "the $STACK stack is set up in $VENV ($(du -sh "$VENV" | cut -f1), ${SECONDS} s)" >&2
