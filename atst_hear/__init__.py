@@ -104,8 +104,8 @@ def get_timestamp_embeddings(audio: Tensor, model: HearATST) -> tuple[Tensor, Te
     audio = check_batch(audio)
     with torch.no_grad():
         layers, _ = model.extractor.layer_features(list(audio), n_blocks=model.n_blocks)
-    n_blocks, batch, n_tokens, dim = layers.shape
-    emb = layers.permute(1, 2, 0, 3).reshape(batch, n_tokens, n_blocks * dim)
+    batch, n_tokens = layers.shape[:2]
+    emb = layers.reshape(batch, n_tokens, -1)  # blocks concatenated on channels, first block first
     centres = torch.arange(n_tokens, device=audio.device, dtype=torch.float64) * TOKEN_HOP_MS + TOKEN_CENTRE_OFFSET_MS
     timestamps = centres.to(torch.float32).expand(batch, n_tokens).clone()
     return emb.to(audio.device, torch.float32), timestamps

@@ -48,6 +48,6 @@ class UpstreamExpert(nn.Module):
         return DOWNSAMPLE_RATE
 
     def forward(self, wavs: list[Tensor]) -> dict[str, list[Tensor] | Tensor]:
-        layers, _ = self.extractor.layer_features(wavs, n_blocks=self.extractor.encoder.depth)
-        hidden_states = list(layers.unbind(0))
+        layers, _ = self.extractor.layer_features(wavs, n_blocks=self.extractor.depth)
+        hidden_states = list(layers.unbind(2))
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}

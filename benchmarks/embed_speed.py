@@ -104,7 +104,7 @@ def measure(model: ATSTFeatureExtractor, wavs: list[torch.Tensor], repeats: int)
         return model.scene_embeddings(wavs, n_blocks=enc.depth)
 
     def ours_tokens():
-        return model.layer_features(wavs, n_blocks=enc.depth)[0]
+        return model.layer_features(wavs, n_blocks=enc.depth)[0].permute(2, 0, 1, 3)  # a view: the reference's layout
 
     lengths = [w.shape[0] // 160 + 1 for w in wavs]
     token_chunks = [min(model.chunk_tokens, n // 4 - s) for n in lengths for s in range(0, n // 4, model.chunk_tokens)]

@@ -12,8 +12,9 @@ from pretrain.model.checkpoint import (
     save_checkpoint,
     write_random_checkpoint,
 )
-from pretrain.model.encoder import ARCHS, FAMILIES, ATSTEncoder
+from pretrain.model.encoder import ARCHS, ATSTEncoder
 from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.model.family import FAMILIES, Family
 from pretrain.model.frontend import SAMPLE_RATE, LogMelFrontEnd
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "CheckpointInfo",
     "EncoderSpec",
     "FAMILIES",
+    "Family",
     "LogMelFrontEnd",
     "SAMPLE_RATE",
     "UnsafeCheckpointError",

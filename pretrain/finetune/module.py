@@ -32,9 +32,8 @@ from torch import Tensor, nn
 from pretrain.finetune.metrics import task_scores
 from pretrain.finetune.recipe import FinetuneConfig
 from pretrain.model.checkpoint import inspect_checkpoint
-from pretrain.model.encoder import FAMILIES
 from pretrain.model.extractor import ATSTFeatureExtractor
-from pretrain.model.features import scene_embedding, scene_embedding_width
+from pretrain.model.family import FAMILIES
 from pretrain.training.augment import RandomResizeCrop
 from pretrain.training.schedules import learning_rate
 
@@ -111,7 +110,7 @@ class FinetuneModule(pl.LightningModule):
         self.multilabel, self.frozen = multilabel, frozen
         if frozen:  # the features come precomputed: only their width is needed, read without the weights
             spec = inspect_checkpoint(checkpoint).spec
-            feature_dim = scene_embedding_width(FAMILIES[spec.family], spec.depth, spec.embed_dim)
+            feature_dim = FAMILIES[spec.family].scene_width(spec.depth, spec.embed_dim)
             self.extractor = None
         else:
             extractor = self.extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
@@ -141,10 +140,7 @@ class FinetuneModule(pl.LightningModule):
         targets = batch["targets"]
         if self.frozen:
             return batch["features"], targets
-        ex = self.extractor
-        mels, lengths = ex.frontend.batch(
-            [w[:n] for w, n in zip(batch["wavs"], batch["lengths"].tolist(), strict=True)]
-        )
+        mels, lengths = self.extractor.mels(batch["wavs"], batch["lengths"])
         if augment:
             generator = torch.Generator(device=mels.device)
             generator.manual_seed(self.config.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
@@ -153,15 +149,7 @@ class FinetuneModule(pl.LightningModule):
                     mels, targets, _ = self.mixup(mels, targets, generator)
                 if self.rrc is not None:
                     mels = self.rrc(mels, generator)
-        feats = scene_embedding(
-            ex.encoder,
-            mels,
-            lengths,
-            n_blocks=1,
-            chunk_frames=ex.scene_chunk_frames,
-            chunks_per_pass=ex.chunks_per_pass,
-        )
-        return feats, targets
+        return self.extractor.scene_embeddings_of_mels(mels, lengths, n_blocks=1), targets
 
     def forward(self, batch: dict) -> Tensor:
         return self.head(self.features(batch, augment=False)[0])

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.model.encoder import ARCHS, FAMILIES, HEAD_DIM, ATSTEncoder
+from pretrain.model.encoder import ARCHS, HEAD_DIM, ATSTEncoder
+from pretrain.model.family import CROP_KEYS, FAMILIES
 from pretrain.model.safe_pickle import CheckpointError, Placeholder, TensorRef, UnsafeCheckpointError
 from pretrain.model.torch_file import iter_tensor_refs, read_torch_file
 
@@ -62,7 +63,6 @@ C2F_STUDENT_PREFIX = "model.student."
 C2F_FINETUNED_PREFIX = "encoder.encoder.frame_encoder."
 STUDENT_PREFIXES = ("model.student.encoder.", "module.student.")
 DINO_ARCHS = {"ast": "small", "ast_base": "base"}
-CROP_KEYS = ("train_len", "anchor_len")  # Clip / Frame training scripts
 MIN_CROP_SECONDS, MAX_CROP_SECONDS = 0.5, 10.0
 
 __all__ = [
@@ -146,11 +146,9 @@ def _encoders_in(weights: Mapping[str, Any]) -> dict[str, str]:
         prefix = key[: -len("pos_embed")]
         if (prefix and not prefix.endswith(".")) or prefix + "blocks.0.norm1.weight" not in weights:
             continue
-        has_cls, has_norm = prefix + "cls_token" in weights, prefix + "norm.weight" in weights
-        if has_cls and has_norm:
-            found[prefix] = "clip"
-        elif prefix + "norm_frame.weight" in weights and not has_cls:
-            found[prefix] = "frame"
+        family = next((f.name for f in FAMILIES.values() if f.holds_encoder(weights, prefix)), None)
+        if family is not None:
+            found[prefix] = family
     return found
 
 
@@ -241,7 +239,7 @@ def _crop_seconds(tree: Mapping[str, Any], family: str, source: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: crop length (train_len / anchor_len) {value!r} is not a number") from None
+        raise CheckpointError(f"{source}: crop length ({' / '.join(CROP_KEYS)}) {value!r} is not a number") from None
     if not MIN_CROP_SECONDS <= value <= MAX_CROP_SECONDS:
         raise CheckpointError(f"{source}: crop length {value} s is outside {MIN_CROP_SECONDS}..{MAX_CROP_SECONDS} s")
     return value
@@ -401,7 +399,7 @@ def _open_safetensors(path: Path) -> _Opened:
     family = metadata.get("family", "clip")
     hparams = {"format": FORMAT_NAME, "arch": metadata.get("arch") or None, "num_heads": int(metadata["num_heads"])}
     crop = metadata.get("crop_seconds", metadata.get("train_len"))  # "train_len": exports of format version 1
-    hparams["anchor_len" if family == "frame" else "train_len"] = float(crop)
+    hparams[FAMILIES[family].crop_key] = float(crop)
 
     def read(ref: _SafetensorsRef) -> Tensor:
         with safe_open(str(path), framework="pt") as f:
@@ -513,7 +511,7 @@ def encoder_checkpoint(encoder: ATSTEncoder, *, crop_seconds: float | None = Non
         "embed_dim": encoder.embed_dim,
         "depth": encoder.depth,
         "num_heads": encoder.num_heads,
-        ("anchor_len" if encoder.family.name == "frame" else "train_len"): crop,
+        encoder.family.crop_key: crop,
     }
     state = {LIGHTNING_PREFIX + k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     return {"state_dict": state, "hyper_parameters": hparams}

@@ -2,16 +2,8 @@
 (official ``FrameAST``).
 
 Both share the patching (all 64 mel bins x 4 frames = one 40 ms token, mel-major flatten,
-``Linear(256, D)``), the 251 positional slots, the pre-norm blocks and the key-padding mask.
-They differ in three things only, stated once in ``FAMILIES``:
-
-============  =====================================  ============================================
-              Clip (``AST``)                         Frame (``FrameAST``)
-============  =====================================  ============================================
-CLS token     ``cls_token`` prepended                none
-positions     slots ``0 .. N`` (slot 0 for CLS)       slots ``1 .. N`` (slot 0 stored, never read)
-final norm    ``norm``                               ``norm_frame``
-============  =====================================  ============================================
+``Linear(256, D)``), the 251 positional slots, the pre-norm blocks and the key-padding mask; what
+differs (CLS token, positions read, final norm) is stated once, in ``pretrain.model.family``.
 
 Parameter names and shapes equal the official classes', so official weights load with
 ``strict=True``. Deliberate differences from the official code, none of which changes a
@@ -27,12 +19,12 @@ result beyond float32 rounding:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.model.family import family_named
 from pretrain.model.frontend import N_MELS
 
 PATCH_FRAMES = 4  # one token = all mel bins x 4 frames = 40 ms
@@ -45,27 +37,6 @@ INIT_STD = 0.02  # truncated normal, as the official initialisation
 
 # name -> (embed_dim, depth, num_heads); "tiny" is this project's CPU-sized model for tests and demos
 ARCHS = {"small": (384, 12, 6), "base": (768, 12, 12), "tiny": (192, 4, 3)}
-
-
-@dataclass(frozen=True)
-class Family:
-    """What distinguishes the two ATST encoders (see the module docstring)."""
-
-    name: str
-    cls_token: bool  # Clip prepends a CLS token; Frame has none
-    final_norm: str  # the official attribute name of the final LayerNorm
-    crop_seconds: float  # crop length of the official pretraining (``train_len`` / ``anchor_len``)
-
-    @property
-    def n_prefix(self) -> int:
-        """Tokens before the first audio token in a block's output."""
-        return int(self.cls_token)
-
-
-FAMILIES = {
-    "clip": Family("clip", cls_token=True, final_norm="norm", crop_seconds=6.0),
-    "frame": Family("frame", cls_token=False, final_norm="norm_frame", crop_seconds=10.0),
-}
 
 
 class PatchEmbed(nn.Module):
@@ -140,7 +111,7 @@ class ATSTEncoder(nn.Module):
     """The ATST transformer over log-mel patches, of either family.
 
     Args:
-        family: "clip" (ATST-Clip) or "frame" (ATST-Frame); see ``FAMILIES``.
+        family: "clip" (ATST-Clip) or "frame" (ATST-Frame); see ``pretrain.model.family``.
         embed_dim: token width D (384 small, 768 base).
         depth: number of transformer blocks.
         num_heads: attention heads; defaults to ``embed_dim // 64``.
@@ -160,12 +131,10 @@ class ATSTEncoder(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
         num_heads = num_heads or max(1, embed_dim // HEAD_DIM)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.family = FAMILIES[family]
+        self.family = family_named(family)
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.patch_embed = PatchEmbed(embed_dim)
         if self.family.cls_token:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pretrain.model.audio_input import check_clips
 from pretrain.model.checkpoint import EncoderSpec, load_encoder
 from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
-from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding, scene_embedding_width
+from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
 from pretrain.model.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
@@ -91,7 +91,7 @@ class ATSTFeatureExtractor(nn.Module):
 
     def scene_embedding_size(self, n_blocks: int) -> int:
         """Clip: CLS and token mean per block; Frame: token mean per block."""
-        return scene_embedding_width(self.encoder.family, n_blocks, self.encoder.embed_dim)
+        return self.encoder.family.scene_width(n_blocks, self.encoder.embed_dim)
 
     def check_n_blocks(self, n_blocks: int) -> int:
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= self.encoder.depth:
@@ -102,14 +102,25 @@ class ATSTFeatureExtractor(nn.Module):
         dtype = PRECISIONS[self.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
-    def mels(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Checked clips -> padded mels ``(B, 64, T)`` and frames per clip, on the model's device."""
+    @property
+    def depth(self) -> int:
+        return self.encoder.depth
+
+    # --- the steps: waveforms -> mels -> features ---------------------------------------------
+    def mels(self, wavs: Sequence[Tensor] | Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Checked clips -> padded mels ``(B, 64, T)`` and frames per clip, on the model's device.
+
+        ``wavs`` is a list of 1-D clips, or a zero-padded ``(B, n)`` batch with its ``lengths`` in
+        samples (each clip's mel is computed at its own length, as officially, then padded).
+        """
+        if lengths is not None:
+            wavs = [w[:n] for w, n in zip(wavs, lengths.tolist(), strict=True)]
         clips = check_clips(wavs)
         return self.frontend.batch([w.to(self.device) for w in clips])
 
-    def scene_embeddings(self, wavs: Sequence[Tensor], *, n_blocks: int) -> Tensor:
-        """Official linear-evaluation features of each clip: ``(B, scene_embedding_size(n_blocks))``."""
-        mels, lengths = self.mels(wavs)
+    def scene_embeddings_of_mels(self, mels: Tensor, lengths: Tensor, *, n_blocks: int) -> Tensor:
+        """The official linear-evaluation features of padded mels: ``(B, scene_embedding_size(n_blocks))``.
+        Differentiable (fine-tuning) unless called under ``no_grad``."""
         with self._encoder_precision():
             emb = scene_embedding(
                 self.encoder,
@@ -121,9 +132,8 @@ class ATSTFeatureExtractor(nn.Module):
             )
         return emb.float()
 
-    def layer_features(self, wavs: Sequence[Tensor], *, n_blocks: int) -> tuple[Tensor, Tensor]:
-        """Per-token features ``(n_blocks, B, T_max, D)`` (40 ms hop) and tokens per clip."""
-        mels, lengths = self.mels(wavs)
+    def layer_features_of_mels(self, mels: Tensor, lengths: Tensor, *, n_blocks: int) -> tuple[Tensor, Tensor]:
+        """Per-token features ``(B, T_max, n_blocks, D)`` of padded mels (40 ms hop), tokens per clip."""
         with self._encoder_precision():
             layers, n_tokens = layer_features(
                 self.encoder,
@@ -134,3 +144,11 @@ class ATSTFeatureExtractor(nn.Module):
                 chunks_per_pass=self.chunks_per_pass,
             )
         return layers.float(), n_tokens
+
+    def scene_embeddings(self, wavs: Sequence[Tensor], *, n_blocks: int) -> Tensor:
+        """Official linear-evaluation features of each clip: ``(B, scene_embedding_size(n_blocks))``."""
+        return self.scene_embeddings_of_mels(*self.mels(wavs), n_blocks=n_blocks)
+
+    def layer_features(self, wavs: Sequence[Tensor], *, n_blocks: int) -> tuple[Tensor, Tensor]:
+        """Per-token features ``(B, T_max, n_blocks, D)`` (40 ms hop) and tokens per clip."""
+        return self.layer_features_of_mels(*self.mels(wavs), n_blocks=n_blocks)

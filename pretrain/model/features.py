@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder, Family
+from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
 
 DEFAULT_CHUNKS_PER_PASS = 32
 # A pass holds chunks at least this fraction as wide as its widest, so padding wastes little
@@ -72,11 +72,6 @@ def _chunk_mels(mels: Tensor, group: list[_Chunk]) -> Tensor:
     return torch.stack(pieces)
 
 
-def scene_embedding_width(family: Family, n_blocks: int, embed_dim: int) -> int:
-    """Width of ``scene_embedding``: Clip CLS and token mean per block, Frame the token mean."""
-    return (1 + family.n_prefix) * n_blocks * embed_dim
-
-
 def scene_embedding(
     encoder: ATSTEncoder,
     mels: Tensor,
@@ -102,29 +97,28 @@ def scene_embedding(
                 counted += 1
         n_counted.append(counted)
 
-    batch, dim, prefix = mels.shape[0], encoder.embed_dim, encoder.n_prefix
-    clip_family = encoder.family.cls_token
+    batch, dim, prefix, family = mels.shape[0], encoder.embed_dim, encoder.n_prefix, encoder.family
     cls_sum = mels.new_zeros(batch, n_blocks, dim)
     mean_sum = mels.new_zeros(batch, n_blocks, dim)
     for group in _groups(chunks, chunks_per_pass):
         tokens_in_chunk = torch.tensor([c.n_frames // PATCH_FRAMES for c in group], device=mels.device)
         # Clip divides by the tokens left in the clip (the official quirk); Frame by those in the chunk
-        divisor = [(c.n_frames_left if clip_family else c.n_frames) // PATCH_FRAMES for c in group]
+        divisor = [(c.n_frames_left if family.mean_over_tokens_left else c.n_frames) // PATCH_FRAMES for c in group]
         divisor = torch.tensor(divisor, device=mels.device, dtype=mels.dtype)
         valid = torch.arange(int(tokens_in_chunk.max()), device=mels.device)[None, :] < tokens_in_chunk[:, None]
         weights = (valid.to(mels.dtype) / (divisor[:, None] + MEAN_EPS))[:, None, :]
         cls, mean = [], []
         for layer in encoder.block_outputs(_chunk_mels(mels, group), tokens_in_chunk, n_last=n_blocks):
-            if clip_family:
+            if family.cls_token:
                 cls.append(layer[:, 0])
             mean.append((weights.to(layer.dtype) @ layer[:, prefix:])[:, 0])  # masked sum / divisor
         owner = torch.tensor([c.clip for c in group], device=mels.device)
-        if clip_family:
+        if family.cls_token:
             cls_sum.index_add_(0, owner, torch.stack(cls, dim=1).to(cls_sum.dtype))
         mean_sum.index_add_(0, owner, torch.stack(mean, dim=1).to(mean_sum.dtype))
     counts = torch.tensor(n_counted, device=mels.device, dtype=mels.dtype)[:, None, None]
     means = (mean_sum / counts).flatten(1)
-    return torch.cat([(cls_sum / counts).flatten(1), means], dim=1) if clip_family else means
+    return torch.cat([(cls_sum / counts).flatten(1), means], dim=1) if family.cls_token else means
 
 
 def layer_features(
@@ -138,7 +132,8 @@ def layer_features(
 ) -> tuple[Tensor, Tensor]:
     """Per-token outputs of the last ``n_blocks`` blocks (final norm, Clip's CLS left out).
 
-    Returns ``(n_blocks, B, T_tokens_max, D)`` zero-padded, and the tokens of each clip.
+    Returns ``(B, T_tokens_max, n_blocks, D)`` zero-padded (HEAR's concatenated layers are a free
+    reshape of it, s3prl's hidden states views along dimension 2), and the tokens of each clip.
     Token ``k`` covers frames ``4k .. 4k+3``. Differentiable (s3prl fine-tuning).
     """
     n_tokens = (lengths // PATCH_FRAMES).tolist()
@@ -147,7 +142,6 @@ def layer_features(
         for clip, total in enumerate(n_tokens)
         for start in range(0, total, chunk_tokens)
     ]
-    # one buffer in (B, T, n_blocks, D) order: HEAR's concatenated layers are a free view of it
     out = mels.new_zeros(len(n_tokens), max(n_tokens), n_blocks, encoder.embed_dim)
     prefix = encoder.n_prefix
     for group in _groups(chunks, chunks_per_pass):
@@ -157,4 +151,4 @@ def layer_features(
             for g, c in enumerate(group):
                 first, n = c.start_frame // PATCH_FRAMES, c.n_frames // PATCH_FRAMES
                 out[c.clip, first : first + n, index] = layer[g, prefix : prefix + n]
-    return out.permute(2, 0, 1, 3), torch.tensor(n_tokens, device=mels.device)
+    return out, torch.tensor(n_tokens, device=mels.device)

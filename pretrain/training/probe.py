@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.model.encoder import ATSTEncoder
-from pretrain.model.extractor import FRAMES_PER_SECOND
-from pretrain.model.features import scene_embedding
+from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.frontend import LogMelFrontEnd
 from pretrain.model.hear_task import HearTask, TaskError
 
@@ -133,36 +132,30 @@ def dim_std(embeddings: Tensor) -> float:
 
 
 @torch.no_grad()
-def embed(encoder: ATSTEncoder, mels: Tensor, lengths: Tensor, chunk_frames: int) -> Tensor:
+def embed(extractor: ATSTFeatureExtractor, mels: Tensor, lengths: Tensor) -> Tensor:
     """All-block scene embeddings, ``EMBED_BATCH`` clips at a time, with the encoder in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
+    was_training = extractor.encoder.training
+    extractor.encoder.eval()
+    device = extractor.device
     try:
         out = [
-            scene_embedding(
-                encoder,
-                mels[i : i + EMBED_BATCH].to(device),
-                lengths[i : i + EMBED_BATCH].to(device),
-                n_blocks=encoder.depth,
-                chunk_frames=chunk_frames,
-            )
-            .float()
-            .cpu()
+            extractor.scene_embeddings_of_mels(
+                mels[i : i + EMBED_BATCH].to(device), lengths[i : i + EMBED_BATCH].to(device), n_blocks=extractor.depth
+            ).cpu()
             for i in range(0, len(mels), EMBED_BATCH)
         ]
     finally:
-        encoder.train(was_training)
+        extractor.encoder.train(was_training)
     return torch.cat(out)
 
 
 def probe_encoder(encoder: ATSTEncoder, tasks: list[ProbeTask], chunk_seconds: float) -> dict[str, float]:
     """Every task's k-NN and linear accuracy and the collapse measures: ``{"<task>/knn": ...}``."""
-    chunk_frames = int(chunk_seconds * FRAMES_PER_SECOND + 1)
+    extractor = ATSTFeatureExtractor(encoder, crop_seconds=chunk_seconds)  # the live encoder, not a copy
     results: dict[str, float] = {}
     every = []
     for task in tasks:
-        fit, test = embed(encoder, *task.fit[:2], chunk_frames), embed(encoder, *task.test[:2], chunk_frames)
+        fit, test = embed(extractor, *task.fit[:2]), embed(extractor, *task.test[:2])
         for name, value in score(fit, task.fit[2], test, task.test[2], task.n_labels).items():
             results[f"{task.name}/{name}"] = value
         every += [fit, test]
