@@ -26,7 +26,7 @@ from pathlib import Path
 from measure import machine, write_report
 
 from pretrain.model.hear_task import HearTask
-from pretrain.training.plot import plot_probe
+from pretrain.runs.plot import plot_probe
 from pretrain.training.probe import read_probe
 from pretrain.training.rendered_sound import make_probe_tasks, make_rendered_corpus
 

@@ -44,10 +44,10 @@ from pretrain.model.audio_io import load_audio  # noqa: E402
 from pretrain.training.config import PRESETS, PretrainConfig  # noqa: E402
 from pretrain.training.data import CropDataset, SampleKey, StepSampler, collate_crops, list_audio  # noqa: E402
 from pretrain.training.lightning_module import ATSTPretraining  # noqa: E402
+from pretrain.training.recipes import RECIPES  # noqa: E402
 from pretrain.training.shard_stream import ShardStream, resolve_shards  # noqa: E402
 from pretrain.training.shard_writer import INDEX_NAME, write_shards  # noqa: E402
 from pretrain.training.synthetic import make_corpus  # noqa: E402
-from pretrain.training.views import VIEWS  # noqa: E402
 
 CROPS = {"clip": 6.0, "frame": 10.0}  # the official crop lengths
 
@@ -70,7 +70,7 @@ def pipeline_rates(method: str, files: list[Path], n_samples: int, batch: int) -
     the training device), the package's whole chain on this CPU, and the official-style worker.
     The three alternate batch by batch, so slow drifts of a shared machine hit all of them."""
     crop_seconds = CROPS[method]
-    dataset = CropDataset(files, crop_seconds, VIEWS[method].n_crops)
+    dataset = CropDataset(files, crop_seconds, RECIPES[method].n_crops)
     keys = [SampleKey(i % len(files), i) for i in range(n_samples)]
     config = PretrainConfig(family=method, arch="tiny", crop_seconds=crop_seconds, mixup_memory=2000)
     module = ATSTPretraining(config.to_dict())
@@ -107,7 +107,7 @@ def train_steps_per_second(preset: str, arch: str, batch: int, crop_seconds: flo
     config = PretrainConfig(**{**PRESETS[preset], "arch": arch, "batch_size": batch, "crop_seconds": crop_seconds})
     module = ATSTPretraining(config.to_dict())
     optimizer = module.configure_optimizers()
-    wavs = 0.1 * torch.randn(batch, VIEWS[config.family].n_crops, int(crop_seconds * 16000))
+    wavs = 0.1 * torch.randn(batch, RECIPES[config.family].n_crops, int(crop_seconds * 16000))
 
     def step():
         loss, _, _ = module.model(*module.make_views(wavs))

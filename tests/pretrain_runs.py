@@ -52,7 +52,7 @@ def run_training(data: Path, run_dir: Path, *extra: str, family: str = "clip") -
 
 
 def metrics(run_dir: Path) -> dict[str, dict[int, float]]:
-    from pretrain.training.plot import read_metrics
+    from pretrain.runs.plot import read_metrics
 
     return read_metrics(run_dir)
 

@@ -129,7 +129,7 @@ def test_multiclass_run_writes_scores_predictions_and_selects_on_validation(tiny
             predictions["labels"][int(np.argmax(p))] == test_labels[f][0] for f, p in predictions["predictions"].items()
         ]
         assert result["test_scores"]["top1_acc"] == pytest.approx(np.mean(hits))
-        from pretrain.training.plot import read_metrics
+        from pretrain.runs.plot import read_metrics
 
         valid = read_metrics(run_dir)["valid/score"]
         assert result["valid_scores"]["top1_acc"] == pytest.approx(max(valid.values()))  # best on valid, not test

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.model.encoder import ATSTEncoder
+from pretrain.runs.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
+from pretrain.runs.schedules import cosine_schedule
 from pretrain.training import config as run_config
-from pretrain.training.augment import LOG_EPS, LogMixupExp, RandomResizeCrop
 from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio, read_crops, scan_dataset
-from pretrain.training.schedules import cosine_schedule
+from pretrain.training.recipes import RECIPES
 from pretrain.training.teacher_student import TeacherStudent
 
 
@@ -131,7 +132,7 @@ def test_manifest_and_scan(tmp_path):
 
 def test_teacher_ema_update():
     torch.manual_seed(0)
-    model = TeacherStudent(ATSTEncoder(embed_dim=64, depth=1))
+    model = TeacherStudent(ATSTEncoder(embed_dim=64, depth=1), RECIPES["clip"])
     assert all(
         torch.equal(t, s)
         for t, s in zip(model.teacher.encoder.parameters(), model.student.encoder.parameters(), strict=True)
@@ -195,7 +196,7 @@ def test_span_masks_match_the_official_sampler_statistically():
     compute_mask_indices as the official recipe calls it."""
     from reference_official import official_span_mask
 
-    from pretrain.training.views import span_masks
+    from pretrain.training.recipes.frame import span_masks
 
     g = torch.Generator().manual_seed(0)
     ours = span_masks(4000, 250, mask_prob=0.65, mask_span=5, min_spans=2, generator=g).numpy()
@@ -213,7 +214,7 @@ def test_span_masks_match_the_official_sampler_statistically():
 
 def test_frame_views_keep_the_time_axis_and_share_one_mask():
     from pretrain.training.config import PRESETS, PretrainConfig
-    from pretrain.training.views import FrameViews
+    from pretrain.training.recipes.frame import FrameViews
 
     views = FrameViews(PretrainConfig(**PRESETS["frame-tiny"]))
     # frames stay aligned: changing input frame t changes output frame t only, for every crop drawn
@@ -234,11 +235,12 @@ def test_frame_views_keep_the_time_axis_and_share_one_mask():
 
 
 def test_frame_loss_reads_masked_tokens_only_and_the_teacher_sees_unmasked_input():
+    from pretrain.training.recipes.frame import span_masks
     from pretrain.training.teacher_student import TeacherStudent
-    from pretrain.training.views import span_masks
 
     torch.manual_seed(0)
-    model = TeacherStudent(ATSTEncoder(family="frame", embed_dim=64, depth=2, num_heads=2)).eval()
+    encoder = ATSTEncoder(family="frame", embed_dim=64, depth=2, num_heads=2)
+    model = TeacherStudent(encoder, RECIPES["frame"]).eval()
     view_a, view_b = torch.randn(4, 64, 200), torch.randn(4, 64, 200)
     masks = span_masks(4, 50, mask_prob=0.65, mask_span=5, min_spans=2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -303,3 +305,20 @@ def test_parameter_groups_decay_pos_and_mask_embed_as_officially():
     assert id(named["encoder.blocks.0.norm1.weight"]) not in ids
     assert id(named["encoder.blocks.0.mlp.fc1.bias"]) not in ids
     assert len(decay) + len(no_decay) == sum(1 for p in named.values() if p.requires_grad)
+
+
+def test_data_source_is_chosen_explicitly_or_guessed(corpus):
+    import dataclasses
+
+    from pretrain.training.config import PRESETS, PretrainConfig
+    from pretrain.training.data import DatasetError
+    from pretrain.training.sources import open_source
+    from pretrain.training.sources.shards import ShardSource
+
+    config = PretrainConfig(**{**PRESETS["tiny"], "data": str(corpus)})
+    assert open_source(config).kind == "files"  # auto: a folder of audio files
+    assert open_source(dataclasses.replace(config, data_format="files")).layout()["items"] == 25
+    with pytest.raises(DatasetError, match="no shards"):  # asked for shards, a folder of wavs is refused
+        open_source(dataclasses.replace(config, data_format="shards"))
+    for data in ("pipe:cat a.tar", "shards/s-{000000..000009}.tar", "one.tar", "a.tar::b.tar"):
+        assert ShardSource.claims(data), data

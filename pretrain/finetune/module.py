@@ -34,8 +34,9 @@ from pretrain.finetune.recipe import FinetuneConfig
 from pretrain.model.checkpoint import inspect_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.family import FAMILIES
-from pretrain.training.augment import RandomResizeCrop
-from pretrain.training.schedules import learning_rate
+from pretrain.runs.augment import RandomResizeCrop
+from pretrain.runs.schedules import learning_rate
+from pretrain.runs.seeds import step_generator
 
 REFERENCE_BATCH = 256  # the scripts' learning rates are given for this total batch
 HEAD_INIT_STD = 0.01
@@ -142,8 +143,7 @@ class FinetuneModule(pl.LightningModule):
             return batch["features"], targets
         mels, lengths = self.extractor.mels(batch["wavs"], batch["lengths"])
         if augment:
-            generator = torch.Generator(device=mels.device)
-            generator.manual_seed(self.config.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
+            generator = step_generator(self.config.seed, self.global_step, self.global_rank, mels.device)
             with torch.no_grad():
                 if self.mixup is not None:
                     mels, targets, _ = self.mixup(mels, targets, generator)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain import settings
-from pretrain.settings import setting, to_plain
+from pretrain.runs import settings
+from pretrain.runs.settings import setting, to_plain
 from pretrain.training.config import ACCELERATORS, PRECISIONS
 
 

@@ -28,9 +28,9 @@ from pretrain.finetune.recipe import FinetuneConfig
 from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.hear_task import HearTask, Split, TaskError
-from pretrain.settings import lightning_devices
-from pretrain.training.data import mix_seed
-from pretrain.training.plot import plot_run
+from pretrain.runs.plot import plot_run
+from pretrain.runs.seeds import mix_seed
+from pretrain.runs.settings import lightning_devices
 
 log = logging.getLogger(__name__)
 CURVES = ["train/loss", "train/lr", "valid/score"]

@@ -12,14 +12,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pretrain import settings
 from pretrain.model.encoder import ARCHS
-from pretrain.settings import check_value, from_plain, setting, to_plain
+from pretrain.runs import settings
+from pretrain.runs.settings import check_value, from_plain, setting, to_plain
+from pretrain.training.recipes import DEFAULT_PRESET, OFFICIAL_PRESETS, PRESETS, RECIPES
+from pretrain.training.sources import SOURCES
 
 ARCH_NAMES = tuple(sorted(ARCHS))
 
 
-FAMILY_NAMES = ("clip", "frame")
+FAMILY_NAMES = tuple(RECIPES)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -38,6 +40,11 @@ class PretrainConfig:
     data: str = setting(
         "", "training audio: a folder of wav/flac/ogg files, a CSV/TSV manifest with a 'path' column, or "
         "WebDataset shards (a folder of .tar, a brace pattern, pipe: URLs)", official=False,
+    )
+    data_format: str = setting(
+        "auto", "how --data is read: files (a folder or CSV/TSV manifest), shards (WebDataset tars), or auto: "
+        "shards for pipe:, {..}, .tar, :: and folders of .tar, else files", choices=("auto", *SOURCES),
+        official=False,
     )
     shard_index: str = setting("", "the shards' index.json where it is not beside them (pipe: URLs)", official=False)
     shuffle_buffer: int = setting(
@@ -131,78 +138,6 @@ class PretrainConfig:
 # YAML keys accepted for a setting under its official name
 ALIASES = {"train_len": "crop_seconds", "anchor_len": "crop_seconds", "method": "family"}
 
-# Runs on two CPU cores in minutes: this project's, for tests, demos and smoke runs.
-_CPU_SIZED = {
-    "arch": "tiny",
-    "batch_size": 16,
-    "base_lr": 4e-3,
-    "warmup_steps": 10,
-    "max_steps": 120,
-    "ema": 0.99,
-    "mixup_memory": 256,
-    "drop_path": 0.0,
-    "devices": "1",
-    "accelerator": "cpu",
-    "num_workers": 1,
-    "checkpoint_every": 40,
-    "log_every": 5,
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # official ATST-Clip small (audiossl atst/train_small.sh): 4 GPUs x 384, base lr 5e-4, 1,300 warm-up,
-    # 39,100 steps, EMA 0.99; crops of 6 s as in the paper (the script says 9)
-    "small": {},
-    # official ATST-Clip base: 6 GPUs x 256, base lr 2e-4, 318,000 steps, EMA 0.9995, full AudioSet
-    "base": {
-        "arch": "base",
-        "batch_size": 256,
-        "base_lr": 2e-4,
-        "warmup_steps": 15860,
-        "max_steps": 318000,
-        "ema": 0.9995,
-    },
-    "tiny": {**_CPU_SIZED, "crop_seconds": 2.0},
-    # tiny for about 8 minutes on two cores, with a slow teacher: the settings that learn on this scale
-    # (README "Does pretraining learn?": with EMA 0.99 the teacher follows the student within ~100 steps
-    # and the embeddings collapse to a few directions; at 0.998 it keeps its random-init richness longer)
-    "tiny-long": {
-        **_CPU_SIZED,
-        "crop_seconds": 2.0,
-        "max_steps": 1500,
-        "warmup_steps": 50,
-        "ema": 0.998,
-        "checkpoint_every": 500,
-        "log_every": 25,
-    },
-    # official ATST-Frame small (atstframe/train_small.sh): 4 GPUs x 256, base lr 4e-4, 1,950 warm-up,
-    # 58,500 steps, EMA 0.997, 10 s crops, spans of 5 at 0.65
-    "frame-small": {
-        "family": "frame",
-        "crop_seconds": 10.0,
-        "batch_size": 256,
-        "base_lr": 4e-4,
-        "warmup_steps": 1950,
-        "max_steps": 58500,
-        "ema": 0.997,
-    },
-    # official ATST-Frame base (atstframe/train_base.sh): 7 GPUs x 144, base lr 8e-5, 19,900 warm-up,
-    # 398,000 steps, EMA 0.9996, all of AudioSet-2M
-    "frame-base": {
-        "family": "frame",
-        "arch": "base",
-        "crop_seconds": 10.0,
-        "batch_size": 144,
-        "base_lr": 8e-5,
-        "warmup_steps": 19900,
-        "max_steps": 398000,
-        "ema": 0.9996,
-    },
-    "frame-tiny": {**_CPU_SIZED, "family": "frame", "crop_seconds": 4.0},
-}
-DEFAULT_PRESET = {"clip": "small", "frame": "frame-small"}
-
-
-OFFICIAL_PRESETS = ("small", "base", "frame-small", "frame-base")  # the official runs' settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,15 +163,10 @@ def from_arguments(args: argparse.Namespace) -> PretrainConfig:
 
 def validate(config: PretrainConfig) -> None:
     """What the fields' own ranges cannot say: settings that depend on each other, and the probe's tasks.
-    Each value's type, choices and range come from its field (``pretrain.settings.check_value``)."""
+    Each value's type, choices and range come from its field (``pretrain.runs.settings.check_value``)."""
     for f in fields(config):
         check_value(f, getattr(config, f.name))
-    if config.family == "frame":
-        n_tokens = int(config.crop_seconds * 100 + 1) // 4
-        if n_tokens - config.mask_span <= config.min_spans:
-            raise ValueError(
-                f"a {config.crop_seconds} s crop ({n_tokens} tokens) is too short for spans of {config.mask_span}"
-            )
+    RECIPES[config.family].check(config)
     if config.max_steps <= config.warmup_steps:
         raise ValueError(f"max_steps ({config.max_steps}) must exceed warmup_steps ({config.warmup_steps})")
     for task in config.probe_tasks():

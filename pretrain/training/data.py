@@ -5,7 +5,6 @@ stopping the run."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pretrain.model.audio_io import AUDIO_SUFFIXES, DECODE_ERRORS, AudioFileError, to_mono_16k
 from pretrain.model.frontend import SAMPLE_RATE
+from pretrain.runs.seeds import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,6 @@ def collate_crops(items: list[tuple[Tensor | None, str]]) -> dict:
     bad = [path for x, path in items if x is None]
     wavs = torch.stack(good) if good else torch.empty(0)
     return {"wavs": wavs, "skipped": bad, "names": [path for x, path in items if x is not None]}
-
-
-def mix_seed(*values: int | str) -> int:
-    """A 63-bit seed from any tuple of ints and names (stable across processes and runs)."""
-    digest = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class StepSampler(Sampler[list[SampleKey]]):

@@ -13,33 +13,13 @@ from torch import Tensor
 from pretrain.model.checkpoint import FORMAT_NAME, FORMAT_VERSION
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
-from pretrain.training import schedules
+from pretrain.runs import schedules
+from pretrain.runs.seeds import step_generator
 from pretrain.training.config import PretrainConfig
+from pretrain.training.recipes import RECIPES, crop_mels
 from pretrain.training.teacher_student import TeacherStudent
-from pretrain.training.views import VIEWS, crop_mels
 
 REFERENCE_BATCH = 256  # the learning rate is given for this total batch size
-
-
-def official_hparams(config: PretrainConfig) -> dict[str, Any]:
-    """The official training scripts' names for what they also hold, so the official
-    ``load_from_checkpoint`` and tools that read ``train_len`` / ``anchor_len`` understand our files."""
-    if config.family == "clip":
-        return {"train_len": config.crop_seconds}
-    return {
-        "anchor_len": config.crop_seconds,
-        "mask_ratio": config.mask_prob,
-        "mask_len": config.mask_span,
-        "min_mask_len": config.min_spans,
-        "mask_type": "block",
-        "symmetric": True,
-        "nprompt": 0,
-        "patch_h": 64,
-        "patch_w": 4,
-        "n_mels": 64,
-        "aug_tea": False,
-        "aug_stu": True,
-    }
 
 
 class ATSTPretraining(pl.LightningModule):
@@ -55,12 +35,13 @@ class ATSTPretraining(pl.LightningModule):
         super().__init__()
         self.config = PretrainConfig.from_dict(config)
         c = self.config
+        recipe = RECIPES[c.family]
         torch.manual_seed(c.seed)
         encoder = ATSTEncoder.from_arch(c.arch, family=c.family, drop_path=c.drop_path)
         self.save_hyperparameters(
             {
                 **c.to_dict(),
-                **official_hparams(c),
+                **recipe.official_hparams(c),
                 "world_size": world_size,
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -69,9 +50,9 @@ class ATSTPretraining(pl.LightningModule):
                 "num_heads": encoder.num_heads,
             }
         )
-        self.model = TeacherStudent(encoder, teacher_mode=c.teacher_mode)
+        self.model = TeacherStudent(encoder, recipe, teacher_mode=c.teacher_mode)
         self.frontend = LogMelFrontEnd()
-        self.views = VIEWS[c.family](c)
+        self.views = recipe.views(c)
         total_batch = c.batch_size * world_size * c.accumulate_grad_batches
         self.peak_lr = c.base_lr * total_batch / REFERENCE_BATCH
         self.skipped_files = 0
@@ -103,8 +84,7 @@ class ATSTPretraining(pl.LightningModule):
 
     def make_views(self, wavs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(B, n_crops, n)`` crops -> two ``(B, 64, T)`` views and the token masks (Frame)."""
-        generator = torch.Generator(device=wavs.device)
-        generator.manual_seed(self.config.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
+        generator = step_generator(self.config.seed, self.global_step, self.global_rank, wavs.device)
         with torch.no_grad():
             return self.views(crop_mels(self.frontend, wavs), generator)
 

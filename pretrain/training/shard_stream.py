@@ -44,7 +44,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pretrain.model.audio_io import AUDIO_SUFFIXES, AudioFileError
 from pretrain.model.frontend import SAMPLE_RATE
-from pretrain.training.data import DatasetError, collate_crops, mix_seed, read_crops
+from pretrain.runs.seeds import mix_seed
+from pretrain.training.data import DatasetError, collate_crops, read_crops
 from pretrain.training.shard_writer import INDEX_FORMAT, INDEX_NAME
 
 log = logging.getLogger(__name__)

@@ -5,13 +5,9 @@ State-dict names follow the official modules (``student.encoder``, ``student.pro
 ``student.predictor``, ``teacher.encoder``, ``teacher.projector``), so a Lightning module
 holding this as ``model`` writes ``model.teacher.encoder.*`` like the official checkpoints.
 
-The recipes differ only in which encoder outputs feed the projector (``OUTPUTS``):
-
-* Clip: the CLS output of the last block through ``norm``, one row per clip;
-* Frame: the last block's tokens through ``norm_frame`` at the masked positions, one row per
-  masked token. The student's input has those tokens replaced by ``mask_embed``; the teacher
-  sees the unmasked input. Both views share each clip's mask, so row ``i`` of view A and row
-  ``i`` of view B are the same token of the same clip.
+The recipes differ only in which encoder outputs feed the projector (``Recipe.outputs``, in
+``pretrain.training.recipes``: Clip's CLS output, one row per clip; Frame's outputs at the masked
+tokens, one row per masked token, the same token of the same clip in both views).
 
 The loss is the same for both: ``2 - 2 cos(student_b, teacher_a)`` and its mirror, averaged over
 rows and over the two pairs (the official symmetric loss).
@@ -24,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.model.encoder import ATSTEncoder
+from pretrain.training.recipes.base import Outputs, Recipe
 
 HEAD_HIDDEN = 4096
 HEAD_OUT = 256
@@ -39,28 +36,16 @@ def projection_head(dim_in: int) -> nn.Sequential:
     )
 
 
-def clip_outputs(encoder: ATSTEncoder, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
-    """``(B, D)``: the CLS output."""
-    return encoder(mels)[:, 0]
-
-
-def frame_outputs(encoder: ATSTEncoder, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
-    """``(n_masked, D)``: the outputs at the masked tokens (the input masked for the student only)."""
-    return encoder(mels, token_mask=token_mask if masked_input else None)[token_mask]
-
-
-OUTPUTS = {"clip": clip_outputs, "frame": frame_outputs}
-
-
 class Branch(nn.Module):
-    def __init__(self, encoder: ATSTEncoder, *, predictor: bool) -> None:
+    def __init__(self, encoder: ATSTEncoder, outputs: Outputs, *, predictor: bool) -> None:
         super().__init__()
         self.encoder = encoder
+        self.outputs = outputs
         self.projector = projection_head(encoder.embed_dim)
         self.predictor = projection_head(HEAD_OUT) if predictor else nn.Identity()
 
     def forward(self, mels: Tensor, token_mask: Tensor | None, masked_input: bool) -> Tensor:
-        features = OUTPUTS[self.encoder.family.name](self.encoder, mels, token_mask, masked_input)
+        features = self.outputs(self.encoder, mels, token_mask, masked_input)
         return self.predictor(self.projector(features))
 
 
@@ -82,7 +67,7 @@ class TeacherStudent(nn.Module):
     BatchNorm); "eval" runs it deterministic, with running statistics.
     """
 
-    def __init__(self, encoder: ATSTEncoder, *, teacher_mode: str = "train") -> None:
+    def __init__(self, encoder: ATSTEncoder, recipe: Recipe, *, teacher_mode: str = "train") -> None:
         super().__init__()
         teacher_encoder = ATSTEncoder(
             family=encoder.family.name,
@@ -92,13 +77,13 @@ class TeacherStudent(nn.Module):
             n_positions=encoder.pos_embed.shape[1],
             drop_path=encoder.blocks[-1].drop_path_rate,
         )
-        self.student = Branch(encoder, predictor=True)
-        self.teacher = Branch(teacher_encoder, predictor=False)
+        self.student = Branch(encoder, recipe.outputs, predictor=True)
+        self.teacher = Branch(teacher_encoder, recipe.outputs, predictor=False)
         self.teacher.load_state_dict(self.student.state_dict(), strict=False)
         self.teacher.requires_grad_(False)
         self.teacher_mode = teacher_mode
-        if encoder.family.name == "clip":
-            # mask_embed is unused by ATST-Clip; frozen so DDP needs no unused-parameter search
+        if not recipe.uses_mask_embed:
+            # an unused parameter: frozen so DDP needs no unused-parameter search
             self.student.encoder.mask_embed.requires_grad_(False)
 
     def train(self, mode: bool = True) -> TeacherStudent:

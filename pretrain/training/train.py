@@ -12,14 +12,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from pretrain.model.checkpoint import SAFETENSORS_FORMAT, load_encoder
-from pretrain.settings import lightning_devices
+from pretrain.runs.progress import StepProgressBar
+from pretrain.runs.settings import lightning_devices
 from pretrain.training.config import PretrainConfig
-from pretrain.training.data import CropDataset, StepSampler, collate_crops, list_audio
 from pretrain.training.lightning_module import ATSTPretraining
 from pretrain.training.probe import OnlineProbe
-from pretrain.training.progress import StepProgressBar
-from pretrain.training.shard_stream import ShardStream, is_shard_source, resolve_shards
-from pretrain.training.views import VIEWS
+from pretrain.training.sources import open_source
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -27,29 +25,24 @@ TEACHER_EXPORT = "atst_teacher.safetensors"
 
 
 class CropData(pl.LightningDataModule):
-    """Endless seeded sample order that resumes at the trainer's restored step: files of a folder or
-    manifest through ``StepSampler``, or tar shards through ``ShardStream``."""
+    """The run's data source (``pretrain.training.sources``) as Lightning's data module: an endless
+    seeded sample order that resumes at the trainer's restored step."""
 
     def __init__(self, config: PretrainConfig) -> None:
         super().__init__()
         self.config = config
-        self.shards = resolve_shards(config.data, config.shard_index or None) if is_shard_source(config.data) else None
-        if self.shards is None:
-            self.dataset = CropDataset(list_audio(config.data), config.crop_seconds, VIEWS[config.family].n_crops)
+        self.source = open_source(config)
         self.restored_layout: dict | None = None
 
     def layout(self) -> dict:
         """What fixes the sample order besides the seed: a resume under another layout warns."""
         c, trainer = self.config, self.trainer
-        world = trainer.world_size if trainer is not None else None
         return {
-            "source": "shards" if self.shards is not None else "files",
-            "items": sum(s.samples for s in self.shards) if self.shards is not None else len(self.dataset),
-            "world_size": world,
-            "loader_streams": max(c.num_workers, 1) if self.shards is not None else None,
+            "source": self.source.kind,
+            **self.source.layout(),
+            "world_size": trainer.world_size if trainer is not None else None,
             "batch_size": c.batch_size,
             "accumulate_grad_batches": c.accumulate_grad_batches,
-            "shuffle_buffer": c.shuffle_buffer if self.shards is not None else None,
         }
 
     def state_dict(self) -> dict:
@@ -60,7 +53,6 @@ class CropData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         c, trainer = self.config, self.trainer
-        start = trainer.global_step * c.accumulate_grad_batches
         if self.restored_layout is not None and self.restored_layout != self.layout():
             log.warning(
                 "resuming with another data layout (%s, was %s): steps and schedules continue, but samples of "
@@ -68,37 +60,11 @@ class CropData(pl.LightningDataModule):
                 self.layout(),
                 self.restored_layout,
             )
-        if self.shards is not None:
-            workers = max(c.num_workers, 1)
-            stream = ShardStream(
-                self.shards,
-                crop_seconds=c.crop_seconds,
-                n_crops=VIEWS[c.family].n_crops,
-                batch_size=c.batch_size,
-                seed=c.seed,
-                rank=trainer.global_rank,
-                world=trainer.world_size,
-                workers=workers,
-                start_batch=start,
-                end_batch=c.max_steps * c.accumulate_grad_batches,
-                shuffle_buffer=c.shuffle_buffer,
-            )
-            return DataLoader(stream, batch_size=None, num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
-        sampler = StepSampler(
-            len(self.dataset),
-            c.batch_size,
-            seed=c.seed,
+        return self.source.dataloader(
             rank=trainer.global_rank,
             world=trainer.world_size,
-            start_batch=start,
+            start_batch=trainer.global_step * c.accumulate_grad_batches,
             end_batch=c.max_steps * c.accumulate_grad_batches,
-        )
-        return DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_crops,
-            num_workers=c.num_workers,
-            persistent_workers=c.num_workers > 0,
         )
 
 
