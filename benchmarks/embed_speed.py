@@ -9,7 +9,7 @@ reference give the same scene and timestamp features (1e-4 relative), then times
 in the same process (the median of --repeats runs each, so that the shared machine's drifts hit
 both): seconds of audio per second, the speed-up, and the achieved GFLOP/s of the useful encoder
 work (the FLOPs of the official computation) against the machine's float32 matrix-multiply rate
-measured at the start of the run. The reference (tests/reference_official.py) is written the way
+measured at the start of the run. The reference (pretrain/reference.py) is written the way
 the official code works: torchaudio transforms per clip, explicit softmax attention with an
 additive mask, one chunk at a time in a Python loop, the final norm applied to each block; for
 Frame scene embeddings, atstframe/downstream's linear-evaluation loop. Runs in the harness stack
@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from measure import machine, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_official import (  # noqa: E402
+from pretrain import ATSTEncoder, ATSTFeatureExtractor
+from pretrain.reference import (
     frame_linear_eval,
     intermediate_layers_chunks,
     layer_features_chunks,
     official_mel,
     pad_mels,
 )
-
-from pretrain import ATSTEncoder, ATSTFeatureExtractor  # noqa: E402
 
 WORKLOADS = {"8 x 10 s": (8, 10.0), "1 x 60 s": (1, 60.0)}
 

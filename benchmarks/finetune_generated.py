@@ -13,23 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from measure import machine, write_report
+from measure import finetune_command, machine, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hear_tasks import (  # noqa: E402
+from pretrain import write_random_checkpoint
+from pretrain.finetune.generated_tasks import (
     ORDER_FINETUNE_FLAGS,
     make_multilabel_scene_task,
     make_order_task,
     make_scene_task,
 )
-from pretrain_runs import finetune_command  # noqa: E402
-
-from pretrain import write_random_checkpoint  # noqa: E402
 
 
 def main() -> None:

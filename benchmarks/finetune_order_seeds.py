@@ -2,7 +2,7 @@
 
     .venv-current/bin/python benchmarks/finetune_order_seeds.py --out benchmarks/finetune_order_seeds_cpu.md
 
-The temporal-order task of tests/hear_tasks.py (the same tone and noise burst in either order; 96 / 24
+The temporal-order task of pretrain/finetune/generated_tasks.py (the same tone and noise burst in either order; 96 / 24
 / 48 clips) at 2 s and at 1 s, fine-tuned with the test's flags (`ORDER_FINETUNE_FLAGS`) from the
 same random checkpoint, ``--seed`` 0..N-1 (head initialisation, data order, drop path); the frozen
 baseline once per length. This is the measurement behind `ORDER_TASK_SECONDS` and the test's bound.
@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from measure import machine, write_report
+from measure import finetune_command, machine, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hear_tasks import ORDER_FINETUNE_FLAGS, make_order_task  # noqa: E402
-from pretrain_runs import finetune_command  # noqa: E402
-
-from pretrain import write_random_checkpoint  # noqa: E402
+from pretrain import write_random_checkpoint
+from pretrain.finetune.generated_tasks import ORDER_FINETUNE_FLAGS, make_order_task
 
 TEST_BOUND = 0.8  # what tests/test_finetune.py asserts of the fine-tuned accuracy
 

@@ -1,10 +1,12 @@
-"""What the benchmarks share: the machine they ran on, a process's own peak memory, the report file."""
+"""What the benchmarks share: the machine they ran on, a process's own peak memory, the report file,
+the package's command line."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+import sys
 from pathlib import Path
 
 
@@ -42,3 +44,10 @@ def write_report(lines: list[str], out: str | os.PathLike | None) -> None:
     """The benchmark's markdown table (``lines``) to ``out``, when one is given."""
     if out:
         Path(out).write_text("\n".join(lines) + "\n")
+
+
+def finetune_command(checkpoint: Path, task: Path, out: Path, *flags: str) -> list[str]:
+    """``python -m pretrain finetune`` on a HEAR task folder, in this interpreter."""
+    return [sys.executable, "-m", "pretrain", "finetune", "--checkpoint", str(checkpoint), "--task", str(task)] + [
+        "--out", str(out), *flags
+    ]

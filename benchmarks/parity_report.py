@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_official import frame_official_scene_embedding, frame_official_timestamp_embedding  # noqa: E402
-
-import atst_hear  # noqa: E402
-from pretrain import ATSTFeatureExtractor  # noqa: E402
+import atst_hear
+from pretrain import ATSTFeatureExtractor
+from pretrain.reference import frame_official_scene_embedding, frame_official_timestamp_embedding
 
 
 def rel(ours: torch.Tensor, ref: np.ndarray) -> float:

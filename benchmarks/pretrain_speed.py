@@ -7,7 +7,7 @@ each clip in the loader (two 6 s crops for ATST-Clip, one 10 s crop for ATST-Fra
 the views batched (mel, Mixup, Random Resize Crop and, for Frame, the span masks, as on the
 training device); the reference does the whole chain one clip at a time as the official transforms
 do (whole file read and resampled, random crops, torchaudio mel per crop, list-bank Mixup, canvas
-crop + interpolate, fairseq's span sampler; tests/reference_official.py).
+crop + interpolate, fairseq's span sampler; pretrain/reference.py).
 Training: optimizer steps per second of the real LightningModule step (views, student and teacher
 forward, backward, AdamW, EMA) on a synthetic batch, for the tiny and small encoders of each recipe.
 Data sources (``--sections sources``): samples per second of one loader worker reading two 6 s crops
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,22 +31,20 @@ from pathlib import Path
 import torch
 from measure import machine, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_official import (  # noqa: E402
+from pretrain.model.audio_io import load_audio
+from pretrain.reference import (
     OfficialMixup,
     official_frame_views,
     official_mel,
     official_random_resize_crop,
 )
-
-from pretrain.model.audio_io import load_audio  # noqa: E402
-from pretrain.training.config import PRESETS, PretrainConfig  # noqa: E402
-from pretrain.training.data import CropDataset, SampleKey, StepSampler, collate_crops, list_audio  # noqa: E402
-from pretrain.training.lightning_module import ATSTPretraining  # noqa: E402
-from pretrain.training.recipes import RECIPES  # noqa: E402
-from pretrain.training.shard_stream import ShardStream, resolve_shards  # noqa: E402
-from pretrain.training.shard_writer import INDEX_NAME, write_shards  # noqa: E402
-from pretrain.training.synthetic import make_corpus  # noqa: E402
+from pretrain.training.config import PRESETS, PretrainConfig
+from pretrain.training.data import CropDataset, SampleKey, StepSampler, collate_crops, list_audio
+from pretrain.training.lightning_module import ATSTPretraining
+from pretrain.training.recipes import RECIPES
+from pretrain.training.shard_stream import ShardStream, resolve_shards
+from pretrain.training.shard_writer import INDEX_NAME, write_shards
+from pretrain.training.synthetic import make_corpus
 
 CROPS = {"clip": 6.0, "frame": 10.0}  # the official crop lengths
 

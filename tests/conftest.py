@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +9,7 @@ import pytest
 import torch
 
 from pretrain import write_random_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"  # parity fixtures and official-layout writers: fixtures/README.md
-sys.path.insert(0, str(Path(__file__).parent))
-
-
-def official_checkpoint(out: Path, arch: str, seed: int, layout: str) -> Path:
-    """A random-weight file in the official ATST-Clip layouts (fixtures/official_ckpt.py)."""
-    subprocess.run(
-        [sys.executable, str(FIXTURES / "official_ckpt.py"), str(out), arch, str(seed), layout],
-        check=True,
-        cwd=out.parent,
-    )
-    return out
+from tests.support.official_files import FIXTURES, encoder_weights, frame_checkpoint, official_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -33,31 +18,15 @@ def parity_fixture() -> dict[str, np.ndarray]:
     return {k: data[k] for k in data.files}
 
 
-def frame_checkpoint(out: Path, arch: str, seed: int, optimizer: str = "lean") -> Path:
-    """A random-weight file in the official ATST-Frame layout (fixtures/official_frame_ckpt.py)."""
-    subprocess.run(
-        [sys.executable, str(FIXTURES / "official_frame_ckpt.py"), str(out), arch, str(seed), optimizer],
-        check=True,
-        cwd=out.parent,
-    )
-    return out
-
-
-def encoder_weights(path: Path, prefix: str = "model.teacher.encoder.") -> dict[str, torch.Tensor]:
-    """Encoder tensors of a file this test session wrote itself (so a plain torch.load is fine)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 @pytest.fixture(scope="session")
-def shared_small_ckpt(tmp_path_factory) -> Path:
+def parity_small_ckpt(tmp_path_factory) -> Path:
     """The official-layout writer's file: the weights the parity fixture was computed with, nothing else."""
     return official_checkpoint(tmp_path_factory.mktemp("ckpt") / "small_seed42.ckpt", "small", 42, "lightning")
 
 
 @pytest.fixture(scope="session")
-def parity_weights(shared_small_ckpt) -> dict[str, torch.Tensor]:
-    return encoder_weights(shared_small_ckpt)
+def parity_weights(parity_small_ckpt) -> dict[str, torch.Tensor]:
+    return encoder_weights(parity_small_ckpt)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +34,7 @@ def lightning_small_ckpt(tmp_path_factory, parity_weights) -> Path:
     """An official-layout ATST-Clip small file as real training writes it: a Lightning run whose
     optimizer holds NumPy schedule values, with callback, loop and scheduler states; its teacher
     encoder carries the parity fixture's weights."""
-    from realistic_checkpoints import lightning_run_checkpoint
+    from tests.support.realistic_checkpoints import lightning_run_checkpoint
 
     return lightning_run_checkpoint(tmp_path_factory.mktemp("lightning_run"), parity_weights)
 
@@ -73,7 +42,7 @@ def lightning_small_ckpt(tmp_path_factory, parity_weights) -> Path:
 @pytest.fixture(scope="session")
 def dino_small_ckpt(tmp_path_factory, parity_weights) -> Path:
     """The official DINO-style layout (like base.ckpt) with a real AdamW state holding NumPy values."""
-    from realistic_checkpoints import dino_style_checkpoint
+    from tests.support.realistic_checkpoints import dino_style_checkpoint
 
     return dino_style_checkpoint(tmp_path_factory.mktemp("ckpt") / "dino_small.ckpt", parity_weights)
 
@@ -129,18 +98,6 @@ def tiny_frame_model(tiny_frame_ckpt):
     import atst_hear
 
     return atst_hear.load_model(str(tiny_frame_ckpt))
-
-
-def noise(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
-    """``(n, samples)`` seeded white noise at 16 kHz."""
-    g = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(n, int(seconds * 16000), generator=g)
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import encoder_weights, rel_err
-from realistic_checkpoints import pickle_globals, with_numpy1_names
 
 from pretrain import (
     ATSTEncoder,
@@ -29,6 +27,9 @@ from pretrain import (
 )
 from pretrain.model.checkpoint import encoder_checkpoint
 from pretrain.model.torch_file import read_torch_file
+from tests.support.numeric import rel_err
+from tests.support.official_files import encoder_weights
+from tests.support.realistic_checkpoints import pickle_globals, with_numpy1_names
 
 TOL = 1e-4
 

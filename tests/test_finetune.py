@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hear_tasks import ORDER_FINETUNE_FLAGS, make_multilabel_scene_task, make_order_task, make_scene_task
-from pretrain_runs import ENV, finetune_args, finetune_command
 
 from pretrain import read_checkpoint, write_random_checkpoint
+from pretrain.finetune.generated_tasks import (
+    ORDER_FINETUNE_FLAGS,
+    make_multilabel_scene_task,
+    make_order_task,
+    make_scene_task,
+)
 from pretrain.finetune.metrics import mean_average_precision, top1_acc
 from pretrain.finetune.module import FinetuneModule, LabelMixup, layer_scale
 from pretrain.finetune.recipe import PRESETS, FinetuneConfig
+from tests.support.pretrain_runs import ENV, finetune_args, finetune_command
 
 QUICK = ["--preset", "tiny", "--epochs", "3", "--frozen-epochs", "5"]
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, noise, rel_err
-from reference_official import (
+
+import atst_hear
+from pretrain import ATSTFeatureExtractor, LogMelFrontEnd
+from pretrain.reference import (
     frame_linear_eval,
     frame_official_scene_embedding,
     frame_official_timestamp_embedding,
     pad_mels,
 )
-
-import atst_hear
-from pretrain import ATSTFeatureExtractor, LogMelFrontEnd
+from tests.support.numeric import noise, rel_err
+from tests.support.official_files import FIXTURES
 
 TOL = 1e-4
 D = 384

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import noise, rel_err
 
 import atst_hear
 from pretrain import AudioInputError, CheckpointError
+from tests.support.numeric import noise, rel_err
 
 
 def test_attributes(tiny_model):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hear_tasks import make_event_task, make_scene_task
+
+from pretrain.finetune.generated_tasks import make_event_task, make_scene_task
 
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import noise
 
 import atst_hear
+from tests.support.numeric import noise
 
 
 @pytest.mark.parametrize("seconds", [0.05, 1.0, 9.99, 10.01, 60.0])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, rel_err
-from reference_official import intermediate_layers_chunks, official_mel, pad_mels
 
 from pretrain import ATSTFeatureExtractor, LogMelFrontEnd
 from pretrain.model.frontend import mel_filterbank
+from pretrain.reference import intermediate_layers_chunks, official_mel, pad_mels
+from tests.support.numeric import rel_err
+from tests.support.official_files import FIXTURES
 
 TOL = 1e-4
 # The fixtures' mels were computed once, on one CPU and torch build. The STFT's FFT kernels are
@@ -161,7 +162,7 @@ def test_layer_features_of_short_clip_equal_official_layers(small42):
     g = torch.Generator().manual_seed(5)
     wav = 0.1 * torch.randn(int(4.5 * 16000), generator=g)
     mels, lengths = pad_mels([LogMelFrontEnd()(wav)])
-    from reference_official import intermediate_layers
+    from pretrain.reference import intermediate_layers
 
     with torch.no_grad():
         ref = torch.stack(intermediate_layers(small42.encoder, mels, lengths, 12))[:, :, 1:]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_training, train_command
 
 import atst_hear
 from pretrain import load_encoder, read_checkpoint
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.runs.schedules import learning_rate, weight_decay
 from pretrain.training.probe import read_probe
+from tests.support.pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_training, train_command
 
 WIDTH = {"clip": 2 * 4 * 192, "frame": 4 * 192}  # tiny scene embeddings: Clip CLS + mean, Frame mean
 

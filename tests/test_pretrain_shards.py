@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_training, train_command
 from torch.utils.data import DataLoader
 
 from pretrain import read_checkpoint
@@ -26,6 +25,7 @@ from pretrain.model.audio_io import load_audio
 from pretrain.training.data import DatasetError
 from pretrain.training.shard_stream import ShardStream, is_shard_source, resolve_shards
 from pretrain.training.synthetic import make_corpus
+from tests.support.pretrain_runs import ENV, data_order, kill_after_checkpoint, metrics, run_training, train_command
 
 SHARD_SIZE = 3  # 25 inputs: 9 shards, one of them a single sample
 

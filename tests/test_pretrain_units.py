@@ -194,8 +194,7 @@ def test_span_masks_match_the_official_sampler_statistically():
     """Over 4000 clips of 250 tokens: the realised fraction (about 0.5, not 0.65), span runs of at
     least 5, the never-masked last token and the first token's rate all agree with fairseq's
     compute_mask_indices as the official recipe calls it."""
-    from reference_official import official_span_mask
-
+    from pretrain.reference import official_span_mask
     from pretrain.training.recipes.frame import span_masks
 
     g = torch.Generator().manual_seed(0)

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from hear_tasks import make_multilabel_scene_task
-from pretrain_runs import ENV
 
+from pretrain.finetune.generated_tasks import make_multilabel_scene_task
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
 from pretrain.model.hear_task import HearTask, TaskError
@@ -27,6 +26,7 @@ from pretrain.training.probe import (
     read_probe,
 )
 from pretrain.training.rendered_sound import MissingToolError, make_probe_tasks
+from tests.support.pretrain_runs import ENV
 
 
 def clusters(n_per: int, centres: torch.Tensor, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

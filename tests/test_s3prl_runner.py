@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from s3prl_data import make_speech_commands, make_voxceleb1
 
 import atst_upstream
+from tests.support.s3prl_data import make_speech_commands, make_voxceleb1
 
 STEPS = 24
 RUNNER = ["-o"]

@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, rel_err
 
 from atst_upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
 from atst_upstream.hubconf import atst, atst_clip, atst_frame, atst_local
 from atst_upstream.run_downstream import register, s3prl_argv
 from pretrain import AudioInputError
+from tests.support.numeric import rel_err
+from tests.support.official_files import FIXTURES
 
 
 @pytest.fixture(scope="module", params=["clip", "frame"])

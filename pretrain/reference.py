@@ -1,5 +1,5 @@
-"""A straightforward re-statement of the official ATST computations, used as a test oracle and
-as the speed reference in benchmarks/: torchaudio's transforms applied to each ``(1, 1, T)`` clip
+"""A straightforward re-statement of the official ATST computations, the test suite's oracle and
+the speed reference of benchmarks/: torchaudio's transforms applied to each ``(1, 1, T)`` clip
 (``official_mel``, which needs torchaudio: the harness stack), explicit softmax attention with an
 additive -10000 key mask, one chunk at a time in a Python loop over the padded batch, and the
 final norm applied per block. Written from the official code's behaviour (audiossl

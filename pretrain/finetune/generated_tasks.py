@@ -1,7 +1,7 @@
 """Small HEAR 2021 tasks generated on the fly, in hear-eval-kit's task layout:
 ``task_metadata.json``, ``labelvocabulary.csv``, ``<split>.json`` and ``16000/<split>/*.wav``.
 The labels are carried by the sound (tones, chirps, noise bursts, clicks with varied pitch,
-length and level)."""
+length and level). The tests and benchmarks try fine-tuning and the HEAR harnesses on them, no data needed."""
 
 from __future__ import annotations
 
