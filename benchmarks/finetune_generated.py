@@ -1,4 +1,4 @@
-"""Frozen baseline vs fine-tuning on generated HEAR tasks (the README's table).
+"""Frozen baseline vs fine-tuning on generated HEAR tasks (the table of docs/finetuning.md).
 
     .venv-current/bin/python benchmarks/finetune_generated.py --out benchmarks/finetune_generated_cpu.md
 

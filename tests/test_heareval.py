@@ -85,7 +85,7 @@ def test_event_embeddings_written_on_40ms_grid(embeddings):
 def test_scene_predictions_above_chance(embeddings, workdir):
     """The unmodified predictions runner, selecting on validation among four grid points: four
     classes, chance is 0.25. On torch >= 2.6 it needs
-    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to reload its own checkpoints (what the README tells users,
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to reload its own checkpoints (what docs/hear.md tells users,
     and what atst_hear.run_heareval sets)."""
     run(
         [
