@@ -26,8 +26,7 @@ from pathlib import Path
 from measure import machine, write_report
 
 from pretrain.model.hear_task import HearTask
-from pretrain.runs.plot import plot_probe
-from pretrain.training.probe import read_probe
+from pretrain.training.probe import plot_probe, read_probe
 from pretrain.training.rendered_sound import make_probe_tasks, make_rendered_corpus
 
 KINDS = {"speech_commands": "speech", "speaker": "speech", "instrument_family": "music", "drum_hits": "events"}

@@ -128,7 +128,8 @@ def _shard(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from pretrain.runs.plot import plot_probe, plot_run
+    from pretrain.runs.plot import plot_run
+    from pretrain.training.probe import plot_probe
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
     probe = plot_probe(args.run_dir)
@@ -159,8 +160,9 @@ def _probe_tasks(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from pretrain.runs.plot import plot_probe, plot_run
+    from pretrain.runs.plot import plot_run
     from pretrain.training import rendered_sound
+    from pretrain.training.probe import plot_probe
     from pretrain.training.synthetic import make_corpus
     from pretrain.training.train import train
 

@@ -8,7 +8,7 @@ from pathlib import Path
 CURVES = ["train/loss", "train/std_teacher", "train/std_student", "train/lr", "train/wd", "train/ema"]
 
 
-def _save(fig, title: str, out: Path) -> Path:
+def save_figure(fig, title: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.suptitle(title)
@@ -52,38 +52,4 @@ def plot_run(
         ax.set_ylabel(name.split("/")[-1])
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("optimizer step")
-    return _save(fig, f"{title}: {Path(run_dir).name}", Path(out) if out else Path(run_dir) / "curves.png")
-
-
-def plot_probe(run_dir: str | Path, out: str | Path | None = None, *, title: str = "online probe") -> Path | None:
-    """``probe.png``: k-NN and linear accuracy per task (solid) beside the log-mel baseline (dashed),
-    and the collapse measures, against the optimizer step. ``None`` when the run has no probe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pretrain.training.probe import read_probe
-
-    records = read_probe(run_dir)
-    if not records:
-        return None
-    steps = [r["step"] for r in records]
-    tasks = sorted({k.split("/")[0] for k in records[0] if k.endswith("/knn")})
-    fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
-    for ax, kind in zip(axes[:2], ("knn", "linear"), strict=True):
-        for i, task in enumerate(tasks):
-            color = f"C{i}"
-            ax.plot(steps, [r[f"{task}/{kind}"] for r in records], color=color, lw=1.4, label=task)
-            ax.axhline(records[0][f"{task}/{kind}_logmel"], color=color, ls="--", lw=1)
-        ax.set_ylabel(f"{kind} accuracy")
-        ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8, loc="lower left", title="dashed: log-mel baseline", title_fontsize=8)
-    axes[2].plot(steps, [r["effective_rank"] for r in records], color="k")
-    axes[2].set_ylabel("effective rank")
-    axes[3].plot(steps, [r["dim_std"] for r in records], color="k")
-    axes[3].set_ylabel("per-dim std")
-    axes[3].set_xlabel("optimizer step (step 0: random initialisation)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    return _save(fig, f"{title}: {Path(run_dir).name}", Path(out) if out else Path(run_dir) / "probe.png")
+    return save_figure(fig, f"{title}: {Path(run_dir).name}", Path(out) if out else Path(run_dir) / "curves.png")

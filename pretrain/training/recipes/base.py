@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
 
-if TYPE_CHECKING:
-    from pretrain.training.config import PretrainConfig
+# A recipe's functions take the run's ``pretrain.training.config.PretrainConfig`` (not imported here:
+# the configuration imports the recipes for its presets and choices).
+Config = Any
 
 # The encoder outputs that feed the projector: (encoder, mels, token mask, student side?) -> rows
 Outputs = Callable[[ATSTEncoder, Tensor, "Tensor | None", bool], Tensor]
@@ -49,14 +50,14 @@ class Recipe:
 
     family: str
     n_crops: int
-    views: Callable[[PretrainConfig], nn.Module]
+    views: Callable[[Config], nn.Module]
     outputs: Outputs
-    official_hparams: Callable[[PretrainConfig], dict[str, Any]]
+    official_hparams: Callable[[Config], dict[str, Any]]
     presets: Mapping[str, Mapping[str, Any]]
     default_preset: str
     official_presets: tuple[str, ...]
     uses_mask_embed: bool  # the student's input has masked tokens replaced by mask_embed
-    check: Callable[[PretrainConfig], None] = lambda config: None
+    check: Callable[[Config], None] = lambda config: None
 
 
 def crop_mels(frontend: LogMelFrontEnd, wavs: Tensor) -> Tensor:
