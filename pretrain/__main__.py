@@ -186,7 +186,7 @@ def _demo(args: argparse.Namespace) -> None:
         print("== 2/5 held-out probe tasks: spoken commands, speaker, instrument family, drum hits")
         shutil.rmtree(out / "probe_tasks", ignore_errors=True)  # a demo run again draws them again
         probe = rendered_sound.make_probe_tasks(out / "probe_tasks", per_class=(8, 2, 6), seed=100)
-    preset = {"clip": "tiny", "frame": "frame-tiny"}[args.family]
+    preset = run_config.RECIPES[args.family].cpu_preset
     print(f"== 3/5 tiny ATST-{args.family.capitalize()} pretraining on the CPU ({args.steps} steps, preset {preset})")
     flags = ["--preset", preset, "--data", str(corpus), "--run-dir", str(out / "run"), "--max-steps", str(args.steps)]
     if probe:

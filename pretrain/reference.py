@@ -59,7 +59,7 @@ def _tokens(enc: ATSTEncoder, mel4d: torch.Tensor) -> torch.Tensor:
     # einops 'b c (h p1) (w p2) -> b (w h) (p1 p2 c)' with p1 = 64, p2 = 4
     patches = mel4d[:, :, :, :w].reshape(b, 1, 1, 64, w // 4, 4).permute(0, 4, 2, 3, 5, 1).reshape(b, w // 4, 256)
     x = enc.patch_embed.patch_embed(patches)
-    if enc.family.name == "frame":  # FrameAST: no CLS, positions from slot 1
+    if not enc.family.cls_token:  # FrameAST: no CLS, positions from slot 1
         return x + enc.pos_embed[:, 1 : x.shape[1] + 1]
     x = torch.cat([enc.cls_token.expand(b, -1, -1), x], dim=1)
     return x + enc.pos_embed[:, : x.shape[1]]

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from pretrain import read_checkpoint
+from pretrain.training.recipes import RECIPES
 
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-PRESET = {"clip": "tiny", "frame": "frame-tiny"}
 
 
 def train_command(data: Path, run_dir: Path, *extra: str, family: str = "clip") -> list[str]:
@@ -24,7 +24,7 @@ def train_command(data: Path, run_dir: Path, *extra: str, family: str = "clip") 
         "pretrain",
         "train",
         "--preset",
-        PRESET[family],
+        RECIPES[family].cpu_preset,
         "--data",
         str(data),
         "--run-dir",

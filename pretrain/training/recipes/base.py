@@ -44,8 +44,8 @@ class Recipe:
     ``(view_a, view_b, token_mask or None)``; ``outputs`` picks the encoder rows the loss compares;
     ``official_hparams(config)`` gives the official scripts' names for the settings, so the
     official ``load_from_checkpoint`` reads this package's files; ``presets`` are the family's
-    starting values (the official ones listed in ``official_presets``); ``check`` refuses settings
-    the family cannot run.
+    starting values (the official ones listed in ``official_presets``, the CPU-sized one
+    ``cpu_preset``); ``check`` refuses settings the family cannot run.
     """
 
     family: str
@@ -56,6 +56,7 @@ class Recipe:
     presets: Mapping[str, Mapping[str, Any]]
     default_preset: str
     official_presets: tuple[str, ...]
+    cpu_preset: str  # this project's minutes-on-a-CPU preset (tests, the demo)
     uses_mask_embed: bool  # the student's input has masked tokens replaced by mask_embed
     check: Callable[[Config], None] = lambda config: None
 

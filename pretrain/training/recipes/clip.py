@@ -80,5 +80,6 @@ RECIPE = Recipe(
     presets=PRESETS,
     default_preset="small",
     official_presets=("small", "base"),
+    cpu_preset="tiny",
     uses_mask_embed=False,
 )

@@ -149,6 +149,7 @@ RECIPE = Recipe(
     presets=PRESETS,
     default_preset="frame-small",
     official_presets=("frame-small", "frame-base"),
+    cpu_preset="frame-tiny",
     uses_mask_embed=True,
     check=check,
 )
