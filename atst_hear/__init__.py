@@ -63,9 +63,11 @@ def load_model(
     chunks_per_pass: int = DEFAULT_CHUNKS_PER_PASS,
     precision: str = "float32",
 ) -> HearATST:
-    """Load an ATST checkpoint of either family (any layout ``pretrain.load_encoder`` reads).
+    """Load an ATST checkpoint of either family (any layout ``pretrain.load_encoder`` reads), by path
+    or by registered name (``atst-clip-small``, ``atst-clip-base``, ``atst-frame-small``,
+    ``atst-frame-base``: downloaded and verified on first use, ``pretrain.model.registry``).
 
-    With no path, the path in the ``ATST_CHECKPOINT`` environment variable is used.
+    With no path, the path or name in the ``ATST_CHECKPOINT`` environment variable is used.
     """
     path = model_file_path or os.environ.get(CHECKPOINT_ENV, "")
     if not path:

@@ -22,7 +22,8 @@ DOWNSAMPLE_RATE = PATCH_FRAMES * HOP_LENGTH  # 640 samples = 40 ms
 
 
 class UpstreamExpert(nn.Module):
-    """An ATST encoder as an s3prl upstream; ``ckpt`` is any checkpoint ``pretrain`` reads.
+    """An ATST encoder as an s3prl upstream; ``ckpt`` is any checkpoint ``pretrain`` reads, or a
+    registered name (``atst-frame-base``, ...: downloaded and verified on first use).
 
     ``family`` ("clip" / "frame"), when given, must match the checkpoint's. ``model_config``
     (s3prl ``-g``) is accepted and ignored: the architecture is in the checkpoint. Other
@@ -34,7 +35,7 @@ class UpstreamExpert(nn.Module):
     ) -> None:
         super().__init__()
         if not ckpt:
-            raise ValueError("the atst upstream needs a checkpoint: pass -k /path/to/model.ckpt")
+            raise ValueError("the atst upstream needs a checkpoint: pass -k PATH, or -k NAME such as atst-frame-base")
         self.extractor = ATSTFeatureExtractor.from_checkpoint(ckpt)
         found = self.extractor.family
         if family is not None and found != family:

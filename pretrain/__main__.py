@@ -47,6 +47,23 @@ def _inspect(args: argparse.Namespace) -> None:
     print(inspect_checkpoint(args.checkpoint).describe())
 
 
+def _models(args: argparse.Namespace) -> None:
+    from pretrain.model.registry import cache_dir, cached, registry
+
+    print(f"cache: {cache_dir()} (set ATST_CACHE to move it)")
+    for name, entry in sorted(registry().items()):
+        where = cached(name)
+        state = f"cached at {where}" if where else "not downloaded"
+        print(f"{name:18s} {entry.size / 1e6:8,.1f} MB  {entry.description}  [{state}]")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from pretrain.model.registry import download
+
+    for name in args.names:
+        print(f"{name}: {download(name)}")
+
+
 def _embed(args: argparse.Namespace) -> None:
     model = ATSTFeatureExtractor.from_checkpoint(args.checkpoint)
     n_blocks = args.n_blocks or model.encoder.depth
@@ -278,11 +295,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-seconds", type=float, default=None, help="crop length stored in the file (seconds; "
                    "default: the family's, Clip 6, Frame 10)")
     p.set_defaults(run=_init)
+    p = sub.add_parser("models", help="the registered official checkpoints: names, sizes, whether cached")
+    p.set_defaults(run=_models)
+    p = sub.add_parser("download", help="fetch registered checkpoints into the cache ahead of time")
+    p.add_argument("names", nargs="+", help="registered names (python -m pretrain models lists them)")
+    p.set_defaults(run=_download)
     p = sub.add_parser("inspect", help="what a checkpoint holds: family, layout, shape, step, everything else")
-    p.add_argument("checkpoint", type=Path, help="any checkpoint file")
+    p.add_argument("checkpoint", type=Path, help="any checkpoint file, or a registered name")
     p.set_defaults(run=_inspect)
     p = sub.add_parser("embed", help="scene embeddings of audio files")
-    p.add_argument("checkpoint", type=Path, help="any checkpoint the package reads")
+    p.add_argument("checkpoint", type=Path, help="any checkpoint the package reads, or a registered name")
     p.add_argument("audio", type=Path, nargs="+", help="audio files (any rate; resampled to 16 kHz, mixed to mono)")
     p.add_argument("--n-blocks", type=int, default=None, help="last blocks in the embedding (default: all)")
     p.add_argument("--out", type=Path, default=None, help="save the embeddings as .npy")
@@ -296,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with extras_named(f"python -m pretrain {args.command}"):
             args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, missing files, failed downloads: one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -25,7 +25,7 @@ def test_every_argument_of_every_command_has_a_help_line():
         if not isinstance(action, argparse._HelpAction) and len(action.help or "") < 8
     ]
     assert not missing
-    assert len(commands()) == 13
+    assert len(commands()) == 15
 
 
 def help_of(command: str, flag: str) -> str:

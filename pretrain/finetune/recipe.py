@@ -94,7 +94,9 @@ OFFICIAL_PRESETS = ("default", "as20k", "fsd50k", "spcv2", "us8k", "nsynth", "vo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="any checkpoint the package reads")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="any checkpoint the package reads, or a registered name"
+    )
     parser.add_argument("--task", type=Path, required=True, help="a HEAR 2021 task folder (scene task)")
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, scores.json")
     parser.add_argument(

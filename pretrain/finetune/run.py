@@ -28,6 +28,7 @@ from pretrain.finetune.recipe import FinetuneConfig
 from pretrain.model.checkpoint import inspect_checkpoint, read_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.hear_task import HearTask, Split, TaskError
+from pretrain.model.registry import resolve_checkpoint
 from pretrain.runs.plot import plot_run
 from pretrain.runs.seeds import mix_seed
 from pretrain.runs.settings import lightning_devices
@@ -218,7 +219,8 @@ def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, conf
     """Every round of the task in the chosen modes; returns (and writes to ``OUT/scores.json``) the
     scores: per round, the k-fold mean, fine-tuned and frozen side by side."""
     task = HearTask.open(task_dir)
-    if not Path(checkpoint).is_file():
+    checkpoint = resolve_checkpoint(checkpoint)  # a registered name: fetched once, here, before any worker starts
+    if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     spec = inspect_checkpoint(checkpoint).spec  # an unusable checkpoint fails here, before any training
     modes = ["frozen"] if config.freeze else (["finetune", "frozen"] if config.baseline else ["finetune"])

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from pretrain.model.encoder import ARCHS, HEAD_DIM, ATSTEncoder
 from pretrain.model.family import CROP_KEYS, FAMILIES
+from pretrain.model.registry import registry, resolve_checkpoint
 from pretrain.model.safe_pickle import CheckpointError, Placeholder, TensorRef, UnsafeCheckpointError
 from pretrain.model.torch_file import iter_tensor_refs, read_torch_file
 
@@ -371,10 +372,12 @@ class _Opened:
 
 
 def _open(path: str | os.PathLike) -> _Opened:
-    """Open a checkpoint file (torch or safetensors) without reading its tensors."""
-    path = Path(path)
+    """Open a checkpoint file (torch or safetensors), or a registered name's cached file
+    (``pretrain.model.registry``, downloaded on first use), without reading its tensors."""
+    path = resolve_checkpoint(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        names = ", ".join(sorted(registry()))
+        raise FileNotFoundError(f"checkpoint not found: {path} (a file, or one of the registered names: {names})")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     if path.suffix == ".safetensors":
@@ -414,6 +417,7 @@ def _as_int(value: Any) -> int | None:
 
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Describe a checkpoint without reading its tensors: encoder, layout, step, what else it holds."""
+    path = resolve_checkpoint(path)
     opened = _open(path)
     spec, location, weights = _spec(opened, str(path))
     tree = opened.tree
