@@ -329,8 +329,9 @@ def test_unknown_class_outside_the_weights_is_an_inert_placeholder(lightning_sma
     ckpt["hyper_parameters"]["cfg"] = HarmlessConfig()
     torch.save(ckpt, tmp_path / "cfg.ckpt")
     info = inspect_checkpoint(tmp_path / "cfg.ckpt")
-    assert info.placeholders == [("test_checkpoint.HarmlessConfig", "['hyper_parameters']['cfg']")]
-    assert "placeholder (unknown class, not called): test_checkpoint.HarmlessConfig" in info.describe()
+    name = f"{HarmlessConfig.__module__}.HarmlessConfig"  # tests.test_checkpoint.HarmlessConfig
+    assert info.placeholders == [(name, "['hyper_parameters']['cfg']")]
+    assert f"placeholder (unknown class, not called): {name}" in info.describe()
     assert_encoder_equals(tmp_path / "cfg.ckpt", parity_weights)
 
 
