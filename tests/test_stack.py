@@ -128,3 +128,15 @@ def test_core_install_in_a_fresh_venv(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, (command, out.stderr)
         assert f"needs the {extra} extra" in lines[0] and "pip install" in lines[0], lines[0]
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    """What the package and the suite need is committed: a pattern such as ``runs/`` once hid a
+    package folder, and only a fresh clone noticed."""
+    folders = ["pretrain", "atst_hear", "atst_upstream", "tests", "benchmarks", "scripts", "docs"]
+    out = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    hidden = [name for name in out.stdout.split() if name.endswith((".py", ".md", ".yaml", ".json", ".npz", ".sh"))]
+    assert not hidden
