@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,8 +50,9 @@ from torch import Tensor
 
 from pretrain.model.encoder import ARCHS, HEAD_DIM, ATSTEncoder
 from pretrain.model.family import CROP_KEYS, FAMILIES
+from pretrain.model.limits import MAX_BLOCKS, MAX_EMBED_DIM, MAX_POSITIONS
 from pretrain.model.registry import registry, resolve_checkpoint
-from pretrain.model.safe_pickle import CheckpointError, Placeholder, TensorRef, UnsafeCheckpointError
+from pretrain.model.safe_pickle import CheckpointError, Placeholder, TensorRef, UnsafeCheckpointError, short_repr
 from pretrain.model.torch_file import iter_tensor_refs, read_torch_file
 
 FORMAT_NAME = "atst-pretrain"
@@ -69,6 +71,7 @@ MIN_CROP_SECONDS, MAX_CROP_SECONDS = 0.5, 10.0
 __all__ = [
     "CheckpointError",
     "CheckpointInfo",
+    "CheckpointNotFoundError",
     "EncoderSpec",
     "UnsafeCheckpointError",
     "inspect_checkpoint",
@@ -77,6 +80,13 @@ __all__ = [
     "save_checkpoint",
     "write_random_checkpoint",
 ]
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file at the path given (and no registered name of that spelling)."""
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,13 @@ class CheckpointInfo:
         if progress or self.writer:
             written = [f"written by {self.writer}"] if self.writer else []
             lines.append("  saved at: " + ", ".join(progress + written))
-        lines += [f"  also holds: {item}" for item in self.contents]
-        for name, where in self.placeholders:
+        lines += [f"  also holds: {item}" for item in self.contents[:40]]
+        if len(self.contents) > 40:
+            lines.append(f"  ... and {len(self.contents) - 40} more entries")
+        for name, where in self.placeholders[:20]:
             lines.append(f"  placeholder (unknown class, not called): {name} at {where}")
+        if len(self.placeholders) > 20:
+            lines.append(f"  ... and {len(self.placeholders) - 20} more placeholders")
         return "\n".join(lines)
 
 
@@ -216,10 +230,10 @@ def _locate(tree: Mapping[str, Any], source: str) -> _Location:
 
 def _what_it_holds(tree: Mapping[str, Any]) -> str:
     """A short account of a foreign file, for the error that refuses it."""
-    keys = sorted(map(str, tree))[:12]
+    keys = sorted(map(short_repr, list(tree)[:1000]))[:12]
     containers = (tree, _mapping(tree, "state_dict"), _mapping(tree, "model"))
     weights = max((c for c in containers if any(_is_tensor(v) for v in c.values())), key=len, default={})
-    sample = [k for k, v in weights.items() if _is_tensor(v)][:4]
+    sample = [short_repr(k) for k, v in weights.items() if _is_tensor(v)][:4]
     seen = f"top-level keys {keys}"
     if sample:
         seen += f"; tensors such as {sample}"
@@ -237,10 +251,14 @@ def _crop_seconds(tree: Mapping[str, Any], family: str, source: str) -> float:
         value = value[0]  # DINO-style anchor_len: one entry per crop
     if isinstance(value, Placeholder):
         raise CheckpointError(f"{source}: its crop length is an object of unknown class {value.global_name}")
+    if isinstance(value, bool):
+        raise CheckpointError(f"{source}: crop length ({' / '.join(CROP_KEYS)}) {value} is not a number")
     try:
         value = float(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{source}: crop length ({' / '.join(CROP_KEYS)}) {value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise CheckpointError(
+            f"{source}: crop length ({' / '.join(CROP_KEYS)}) {short_repr(value)} is not a number"
+        ) from None
     if not MIN_CROP_SECONDS <= value <= MAX_CROP_SECONDS:
         raise CheckpointError(f"{source}: crop length {value} s is outside {MIN_CROP_SECONDS}..{MAX_CROP_SECONDS} s")
     return value
@@ -258,33 +276,57 @@ def _spec(opened: _Opened, source: str) -> tuple[EncoderSpec, _Location, dict[st
     for key, value in weights.items():
         if not _is_tensor(value):
             what = value.global_name if isinstance(value, Placeholder) else type(value).__name__
-            raise CheckpointError(f"{source}: encoder weight '{prefix}{key}' is not a tensor but {what}")
+            raise CheckpointError(f"{source}: encoder weight '{prefix}{key[:100]}' is not a tensor but {what}")
+        if value.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{source}: encoder weight '{prefix}{key}' is {value.dtype}, "
+                "not floating point (float32/16, bfloat16, float64)"
+            )
     pos = weights["pos_embed"]
-    if len(pos.shape) != 3:
+    if len(pos.shape) != 3 or pos.shape[0] != 1:
         raise CheckpointError(f"{source}: encoder weight '{prefix}pos_embed' is {tuple(pos.shape)}, not (1, N, D)")
-    embed_dim = int(pos.shape[-1])
+    embed_dim, n_positions = int(pos.shape[-1]), int(pos.shape[1])
     depth = sum(1 for k in weights if k.startswith("blocks.") and k.endswith(".norm1.weight"))
+    for what, value, low, high in (
+        ("width (pos_embed's last size)", embed_dim, 1, MAX_EMBED_DIM),
+        ("positions (pos_embed's middle size)", n_positions, 2, MAX_POSITIONS),
+        ("depth (blocks)", depth, 1, MAX_BLOCKS),
+    ):
+        if not low <= value <= high:
+            raise CheckpointError(f"{source}: encoder {what} is {value}, outside {low}..{high}")
     hparams = _hparams(tree)
     arch = hparams.get("arch")
     arch = DINO_ARCHS.get(arch, arch) if isinstance(arch, str) else None
     if layout == "c2f":
         arch = None  # the file's arch names its Clip teacher
-    num_heads = hparams.get("num_heads") if layout == "atst" else None
-    if not isinstance(num_heads, int):
+    if layout == "atst" and "num_heads" in hparams:
+        num_heads = _heads(hparams["num_heads"], embed_dim, source)
+    else:
         known = ARCHS.get(arch) if arch else None
         num_heads = known[2] if known and known[0] == embed_dim else max(1, embed_dim // HEAD_DIM)
+        if embed_dim % num_heads:
+            raise CheckpointError(f"{source}: width {embed_dim} is not a multiple of {num_heads} attention heads")
     spec = EncoderSpec(
         family=family,
         layout="safetensors" if opened.is_safetensors else layout,
         embed_dim=embed_dim,
         depth=depth,
-        num_heads=int(num_heads),
-        n_positions=int(pos.shape[1]),
+        num_heads=num_heads,
+        n_positions=n_positions,
         crop_seconds=_crop_seconds(tree, family, source),
         arch=arch,
         where="the file's tensors" if opened.is_safetensors else location.describe(),
     )
     return spec, location, weights
+
+
+def _heads(value: Any, embed_dim: int, source: str) -> int:
+    """The file's ``num_heads``: an integer (not a boolean) that divides the width."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f"{source}: num_heads is {short_repr(value)}, not an integer")
+    if not 1 <= value <= embed_dim or embed_dim % int(value):
+        raise CheckpointError(f"{source}: num_heads {int(value)} does not divide the width {embed_dim}")
+    return int(value)
 
 
 # --- what else a file holds (for inspect) --------------------------------------------------------
@@ -343,12 +385,12 @@ def _contents(tree: Mapping[str, Any], location: _Location) -> list[str]:
         elif key == "callbacks" and isinstance(value, Mapping):
             out.append(f"{key}: " + ", ".join(str(k).split("{")[0] for k in value))
         elif isinstance(value, Mapping):
-            names = ", ".join(map(str, list(value)[:6])) + (", ..." if len(value) > 6 else "")
-            out.append(f"{key}: {len(value)} {'entry' if len(value) == 1 else 'entries'} ({names})")
+            names = ", ".join(map(short_repr, list(value)[:6])) + (", ..." if len(value) > 6 else "")
+            out.append(f"{short_repr(key)}: {len(value)} {'entry' if len(value) == 1 else 'entries'} ({names})")
         elif isinstance(value, list):
-            out.append(f"{key}: {len(value)} {'item' if len(value) == 1 else 'items'}")
+            out.append(f"{short_repr(key)}: {len(value)} {'item' if len(value) == 1 else 'items'}")
         else:
-            out.append(f"{key}: {value!r:.60}")
+            out.append(f"{short_repr(key)}: {short_repr(value)}")
     return out
 
 
@@ -359,6 +401,14 @@ def _contents(tree: Mapping[str, Any], location: _Location) -> list[str]:
 class _SafetensorsRef:
     key: str
     shape: tuple[int, ...]
+    dtype: torch.dtype | str
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _dtype_of(name: str) -> torch.dtype | str:
+    return _SAFETENSORS_DTYPES.get(name, name)  # other types stay named, and are refused as weights
 
 
 @dataclass
@@ -369,23 +419,32 @@ class _Opened:
     read: Callable[[Any], Tensor]
     placeholders: list[tuple[str, str]]
     is_safetensors: bool = False
+    check: Callable[[Any], None] = lambda ref: None  # refuses a tensor that does not fit its storage
 
 
 def _open(path: str | os.PathLike) -> _Opened:
     """Open a checkpoint file (torch or safetensors), or a registered name's cached file
     (``pretrain.model.registry``, downloaded on first use), without reading its tensors."""
     path = resolve_checkpoint(path)
-    if not path.exists():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
         names = ", ".join(sorted(registry()))
-        raise FileNotFoundError(f"checkpoint not found: {path} (a file, or one of the registered names: {names})")
-    if path.is_dir():
+        raise CheckpointNotFoundError(
+            f"checkpoint not found: {path} (a file, or one of the registered names: {names})"
+        ) from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"checkpoint path is not a regular file (a FIFO, socket or device): {path}")
     if path.suffix == ".safetensors":
         return _open_safetensors(path)
     torch_file = read_torch_file(path)
     if not isinstance(torch_file.tree, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(torch_file.tree).__name__}, not a dict")
-    return _Opened(torch_file.tree, torch_file.tensor, torch_file.placeholders)
+    return _Opened(torch_file.tree, torch_file.tensor, torch_file.placeholders, check=torch_file.check)
 
 
 def _open_safetensors(path: Path) -> _Opened:
@@ -394,15 +453,24 @@ def _open_safetensors(path: Path) -> _Opened:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            refs = {LIGHTNING_PREFIX + k: _SafetensorsRef(k, tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read safetensors file {path}: {err}") from None
+            refs = {}
+            for k in f.keys():
+                piece = f.get_slice(k)
+                refs[LIGHTNING_PREFIX + k] = _SafetensorsRef(k, tuple(piece.get_shape()), _dtype_of(piece.get_dtype()))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read safetensors file {path}: {short_repr(str(err))}") from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an exported ATST encoder (no format tag)")
     family = metadata.get("family", "clip")
-    hparams = {"format": FORMAT_NAME, "arch": metadata.get("arch") or None, "num_heads": int(metadata["num_heads"])}
+    if family not in FAMILIES:
+        raise CheckpointError(f"{path}: its metadata names family {short_repr(family)}, not one of {sorted(FAMILIES)}")
+    heads = metadata.get("num_heads", "")
+    if not heads.isdigit():
+        raise CheckpointError(f"{path}: its metadata's num_heads is {short_repr(heads or None)}, not an integer")
+    hparams = {"format": FORMAT_NAME, "arch": metadata.get("arch") or None, "num_heads": int(heads)}
     crop = metadata.get("crop_seconds", metadata.get("train_len"))  # "train_len": exports of format version 1
-    hparams[FAMILIES[family].crop_key] = float(crop)
+    if crop is not None:
+        hparams[FAMILIES[family].crop_key] = crop  # a number as text; checked with every crop length
 
     def read(ref: _SafetensorsRef) -> Tensor:
         with safe_open(str(path), framework="pt") as f:
@@ -435,39 +503,58 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     )
 
 
-def build_encoder(weights: Mapping[str, Tensor], spec: EncoderSpec, source: str = "checkpoint") -> ATSTEncoder:
-    """An encoder of the spec's family and shape holding ``weights``; errors name ill-fitting keys.
-
-    The encoder is made on the meta device and takes the tensors as they are (no second copy).
-    """
-    with torch.device("meta"):
-        encoder = ATSTEncoder(
+def _meta_encoder(spec: EncoderSpec) -> ATSTEncoder:
+    with torch.device("meta"):  # no memory: only the names and shapes the weights must have
+        return ATSTEncoder(
             family=spec.family,
             embed_dim=spec.embed_dim,
             depth=spec.depth,
             num_heads=spec.num_heads,
             n_positions=spec.n_positions,
         )
+
+
+def _check_fit(encoder: ATSTEncoder, shapes: Mapping[str, tuple[int, ...]], spec: EncoderSpec, source: str) -> None:
+    """Refuse weights (their names and shapes) that do not fit the encoder; the message names them."""
     expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong_shape = sorted(
-        f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}"
+        f"{k} {tuple(shapes[k])} != {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+        if k in shapes and tuple(shapes[k]) != tuple(v.shape)
     )
     problems = []
     if missing:
         problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(f"unexpected keys {[k[:100] for k in unexpected[:8]]}{' ...' if len(unexpected) > 8 else ''}")
     if wrong_shape:
         problems.append(f"wrong shapes {wrong_shape[:8]}")
     if problems:
         raise CheckpointError(
             f"encoder weights in {source} do not fit an ATST-{spec.family.capitalize()} encoder: " + "; ".join(problems)
         )
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def build_encoder(weights: Mapping[str, Tensor], spec: EncoderSpec, source: str = "checkpoint") -> ATSTEncoder:
+    """An encoder of the spec's family and shape holding ``weights``; errors name ill-fitting keys
+    and weights that are not finite (a diverged run's NaN).
+
+    The encoder is made on the meta device and takes the tensors as they are (no second copy).
+    """
+    encoder = _meta_encoder(spec)
+    _check_fit(encoder, {k: tuple(v.shape) for k, v in weights.items()}, spec, source)
+    tensors = {}
+    for key, value in weights.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"encoder weight {key} in {source} is {value.dtype}, not floating point")
+        value = value.float()
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"encoder weight {key} in {source} holds NaN or Inf values (a training run that diverged?)"
+            )
+        tensors[key] = value
     encoder.load_state_dict(tensors, strict=True, assign=True)
     return encoder.eval()
 
@@ -475,10 +562,15 @@ def build_encoder(weights: Mapping[str, Tensor], spec: EncoderSpec, source: str 
 def load_encoder(path: str | os.PathLike) -> tuple[ATSTEncoder, EncoderSpec]:
     """Read any supported checkpoint and return its encoder (eval mode) and spec.
 
-    Only the encoder's tensors are read from the file.
+    Only the encoder's tensors are read from the file, and only once their names, types and
+    shapes fit the encoder the file describes.
     """
     opened = _open(path)
     spec, _location, refs = _spec(opened, str(path))
+    _check_fit(_meta_encoder(spec), {k: tuple(v.shape) for k, v in refs.items()}, spec, str(path))
+    if not opened.is_safetensors:
+        for ref in refs.values():
+            opened.check(ref)
     weights = {k: opened.read(v) for k, v in refs.items()}
     return build_encoder(weights, spec, str(path)), spec
 

@@ -22,20 +22,41 @@ own restricted unpickler (``pickle.Unpickler.find_class`` overridden), not with
 
 Tensors come out as ``TensorRef`` records (storage key, dtype, offset, shape, stride): no
 tensor data is read here; ``pretrain.model.torch_file`` reads the storages a caller asks for.
+
+Sizes are bounded before CPython's unpickler allocates for them (``pretrain.model.limits``): a
+pre-scan of the opcodes (``pickletools.genops``) refuses a pickle longer than it may be, with more
+opcodes than it may have, with a byte string, text or frame longer than the bytes that remain, or
+with a memo index beyond what it has written (the C unpickler sizes its memo to the largest index
+and its strings to the stated length before reading them). The allowed constructors charge what
+they copy to a per-pickle meter, and the tree is made plain with depth and node limits that fire
+long before Python's recursion limit. Whatever goes wrong, the caller sees a ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
 import pathlib
 import pickle
+import pickletools
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from pretrain.model.limits import (
+    MAX_COPY_BYTES,
+    MAX_NESTING,
+    MAX_PICKLE_BYTES,
+    MAX_PICKLE_OPS,
+    MAX_TENSOR_DIMS,
+    MAX_TREE_NODES,
+    MiB,
+)
 
 
 class CheckpointError(ValueError):
@@ -44,6 +65,63 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that asks for a global that exists to run code; nothing from it was called."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 4
+
+
+def short_repr(value: Any) -> str:
+    """A repr of a value from a file that stays short whatever the value (huge ints, deep nesting)."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 - a repr of a hostile value may fail in any way; say what it is
+        return f"<{type(value).__name__}>"
+
+
+class _OverBudgetError(CheckpointError):
+    """A file that asks for more memory than ``pretrain.model.limits`` allows."""
+
+
+class _Meter:
+    """What the allowed constructors of one pickle have copied: a file cannot make them copy a
+    shared object a million times (``list(x)`` over one memoised list, say)."""
+
+    def __init__(self) -> None:
+        self.copied = 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.copied += nbytes
+        if self.copied > MAX_COPY_BYTES:
+            raise _OverBudgetError(
+                f"its objects ask for more than {MAX_COPY_BYTES // MiB} MiB of copies (the last one: {what})"
+            )
+
+
+_METER: contextvars.ContextVar[_Meter] = contextvars.ContextVar("pickle_meter")
+
+
+def _charge(value: Any, what: str) -> None:
+    meter = _METER.get(None)
+    if meter is not None:
+        size = len(value) if isinstance(value, (str, bytes, bytearray)) else 8
+        if isinstance(value, (list, tuple, set, frozenset, dict)):
+            size = 8 * len(value)
+        meter.charge(size, what)
+
+
+def _index(value: Any, what: str) -> int:
+    """A non-negative integer from the file (NumPy integers allowed, booleans not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise CheckpointError(f"{what} is {short_repr(value)}, not a non-negative integer")
+    return int(value)
+
+
+def _dims(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list, torch.Size)) or len(value) > MAX_TENSOR_DIMS:
+        raise CheckpointError(f"{what} is {short_repr(value)}, not a tuple of at most {MAX_TENSOR_DIMS} sizes")
+    return tuple(_index(v, what) for v in value)
 
 
 # Globals whose only purpose in a pickle is to run code or touch the system. A file naming
@@ -126,7 +204,10 @@ class StorageType:
 def _rebuild_tensor(storage: StorageRef, offset: int, size: tuple, stride: tuple, *_ignored: Any) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise CheckpointError(f"a tensor refers to {type(storage).__name__}, not to a storage of the file")
-    return TensorRef(storage, storage.view_offset + int(offset), tuple(size), tuple(stride), storage.dtype)
+    shape, strides = _dims(size, "a tensor's shape"), _dims(stride, "a tensor's stride")
+    if len(shape) != len(strides):
+        raise CheckpointError(f"a tensor's shape {shape} and stride {strides} differ in length")
+    return TensorRef(storage, storage.view_offset + _index(offset, "a tensor's offset"), shape, strides, storage.dtype)
 
 
 def _rebuild_tensor_v3(
@@ -136,8 +217,10 @@ def _rebuild_tensor_v3(
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"a tensor names {dtype!r} as its dtype")
     ref = _rebuild_tensor(storage, offset, size, stride)
-    width = element_size(dtype)
-    typed = StorageRef(storage.key, dtype, storage.numel * element_size(storage.dtype) // width)
+    width, nbytes = element_size(dtype), storage.numel * element_size(storage.dtype)
+    if nbytes % width:
+        raise CheckpointError(f"storage {storage.key} holds {nbytes} bytes, not a whole number of {dtype} elements")
+    typed = StorageRef(storage.key, dtype, nbytes // width)
     return TensorRef(typed, ref.offset, ref.shape, ref.stride, dtype)
 
 
@@ -196,25 +279,32 @@ class _NumpyArray:
 
     def __init__(self, *_args: Any) -> None:
         self.state: Any = None
+        self.array: np.ndarray | None = None
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
     def resolve(self) -> np.ndarray:
+        if self.array is not None:  # one array referred to from many places is built once
+            return self.array
         try:
             _version, shape, dtype, fortran, data = self.state
         except (TypeError, ValueError):
             raise CheckpointError("a numpy array in the file has an unknown layout") from None
         if not isinstance(dtype, _NumpyDtype) or not isinstance(data, (bytes, bytearray)):
             raise CheckpointError("a numpy array in the file does not hold plain numbers")
-        array = np.frombuffer(bytes(data), dtype=dtype.resolve())
-        return array.reshape(tuple(shape), order="F" if fortran else "C").copy()
+        _charge(data, "a numpy array")
+        array = np.frombuffer(data, dtype=dtype.resolve())
+        self.array = array.reshape(_dims(shape, "a numpy array's shape"), order="F" if fortran else "C").copy()
+        return self.array
 
 
 def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Protocol-5 arrays: ``numpy._core.numeric._frombuffer``."""
+    if not isinstance(buffer, (bytes, bytearray)):
+        raise CheckpointError(f"a numpy array's buffer is {type(buffer).__name__}, not bytes")
     array = _NumpyArray()
-    array.state = (1, shape, dtype, order == "F", bytes(buffer))
+    array.state = (1, shape, dtype, order == "F", buffer)
     return array.resolve()
 
 
@@ -231,22 +321,25 @@ def _numpy_dtype_class(name: str):
 class _Namespace(dict):
     """``argparse.Namespace`` read as the dict of its attributes."""
 
+    def __init__(self, *args: Any) -> None:  # built by NEWOBJ + BUILD; called directly, it holds nothing
+        super().__init__()
+
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, Mapping):
+            _charge(dict(state), type(self).__name__)
             self.update(state)
 
 
-class _AttributeDict(dict):
+class _AttributeDict(_Namespace):
     """Lightning's ``AttributeDict`` (a dict) without importing Lightning."""
 
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, Mapping):
-            self.update(state)
 
-
-def _latin1(text: Any, encoding: str = "latin1") -> bytes:
-    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "iso88591"):
-        raise CheckpointError(f"_codecs.encode is allowed for latin-1 text only, got {encoding!r}")
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or not isinstance(encoding, str):
+        raise CheckpointError("_codecs.encode is allowed for latin-1 text only")
+    if encoding.lower().replace("-", "") not in ("latin1", "iso88591"):
+        raise CheckpointError(f"_codecs.encode is allowed for latin-1 text only, got {short_repr(encoding)}")
+    _charge(text, "a byte string")
     return text.encode("latin1")
 
 
@@ -273,10 +366,48 @@ def _torch_dtype(name: str) -> torch.dtype:
     return value
 
 
+def _copying(kind: type) -> Callable[..., Any]:
+    """A builtin constructor of plain data, as a function (so NEWOBJ cannot call ``kind.__new__``
+    with arguments of the file's choosing), that charges what it copies; ``bytes(n)``-style sizes
+    are refused."""
+
+    def make(*args: Any) -> Any:
+        if len(args) > 3:
+            raise CheckpointError(f"builtins.{kind.__name__} called with {len(args)} arguments")
+        if kind in (bytes, bytearray, list, tuple, set, frozenset, dict) and args and isinstance(args[0], int):
+            raise CheckpointError(f"builtins.{kind.__name__}({short_repr(args[0])}) asks for a size, not data")
+        for arg in args:
+            _charge(arg, f"builtins.{kind.__name__}")
+        return kind(*args)
+
+    make.__name__ = kind.__name__
+    return make
+
+
 # Constructors of plain data: calling them builds a value and nothing else.
 _PURE_BUILTINS = {
-    t.__name__: t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bytearray, bool, slice)
+    t.__name__: _copying(t)
+    for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bytearray, bool, slice)
 } | {"object": object}
+
+
+def _torch_size(dims: Any = ()) -> torch.Size:
+    return torch.Size(_dims(dims, "a torch.Size"))
+
+
+def _ordered_dict(*args: Any) -> collections.OrderedDict:
+    for arg in args:
+        _charge(arg, "collections.OrderedDict")
+    return collections.OrderedDict(*args)
+
+
+def _device(*args: Any) -> torch.device:
+    if not 1 <= len(args) <= 2 or not isinstance(args[0], (str, int)) or isinstance(args[0], bool):
+        raise CheckpointError(f"torch.device{short_repr(args)} is not a device")
+    try:
+        return torch.device(*args)
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        raise CheckpointError(f"torch.device{short_repr(args)} is not a device") from None
 
 
 def _allowed(module: str, name: str) -> Any:
@@ -308,15 +439,15 @@ def _allowed(module: str, name: str) -> Any:
         return StorageType(_STORAGE_DTYPES[name])
     if module == "torch":
         if name == "Size":
-            return torch.Size
+            return _torch_size
         if name == "device":
-            return torch.device
+            return _device
         try:
             return _torch_dtype(name)
         except KeyError:
             return None
     if module == "collections" and name == "OrderedDict":
-        return collections.OrderedDict
+        return _ordered_dict
     if module in ("builtins", "__builtin__") and name in _PURE_BUILTINS:
         return _PURE_BUILTINS[name]
     if (module, name) == ("_codecs", "encode"):
@@ -376,6 +507,7 @@ class Placeholder:
 
 
 def _placeholder_type(module: str, name: str) -> type:
+    module, name = module[:120], name[:120]  # names from the file: messages stay short
     return type(name, (Placeholder,), {"__module__": "placeholder." + module, "global_name": f"{module}.{name}"})
 
 
@@ -409,29 +541,86 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-_MAX_DEPTH = 500
+_MEMO_WRITES = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+
+
+def scan_pickle(stream: io.BufferedIOBase, source: str) -> int:
+    """Walk one pickle's opcodes from ``stream`` without building anything; return its length.
+
+    Refuses, as ``CheckpointError``, what would make CPython's unpickler allocate more than the
+    file holds: strings or frames longer than the bytes left (``genops`` reads them and finds them
+    short), memo indices beyond the number of opcodes seen, too many opcodes, a pickle without end.
+    ``stream`` must not yield more than ``MAX_PICKLE_BYTES`` (``BoundedReader``).
+    """
+    start = stream.tell()
+    ops = 0
+    try:
+        for opcode, arg, _pos in pickletools.genops(stream):
+            ops += 1
+            if ops > MAX_PICKLE_OPS:
+                raise CheckpointError(f"{source}: its pickle has more than {MAX_PICKLE_OPS:,} operations")
+            if opcode.name in _MEMO_WRITES and arg > ops:
+                raise CheckpointError(f"{source}: its pickle writes memo entry {arg:,} after {ops:,} operations")
+            if opcode.name == "FRAME" and arg > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{source}: its pickle declares a frame of {arg:,} bytes")
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - genops names the malformed opcode (short strings, no STOP)
+        raise CheckpointError(f"{source}: its pickle is truncated or malformed ({short_repr(str(err))})") from None
+    return stream.tell() - start
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only view of ``file`` from its position, at most ``limit`` bytes long: reads asking
+    for more get what is there, so a stated length never becomes an allocation of that length."""
+
+    def __init__(self, file: io.BufferedIOBase, limit: int) -> None:
+        self.file, self.left = file, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        data = self.file.read(n)
+        buffer[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
 
 
 def restricted_load(
-    data: io.BufferedIOBase, persistent_load: Callable[[Any], Any], source: str
+    data: bytes, persistent_load: Callable[[Any], Any], source: str
 ) -> tuple[Any, list[tuple[str, str]]]:
-    """Unpickle one object with the allowlist: ``(plain tree, [(placeholder global, where), ...])``.
+    """Unpickle one pickle (its bytes) with the allowlist: ``(plain tree, [(placeholder global, where), ...])``.
 
     Raises ``UnsafeCheckpointError`` if the pickle names a code-running global anywhere (its places
-    are named where the tree holds it), ``CheckpointError`` if it cannot be read.
+    are named where the tree holds it), ``CheckpointError`` if it cannot be read or asks for more
+    than ``pretrain.model.limits`` allows.
     """
-    unpickler = _RestrictedUnpickler(data, persistent_load)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{source}: its pickle is {len(data):,} bytes, more than {MAX_PICKLE_BYTES // MiB} MiB")
+    scan_pickle(io.BytesIO(data), source)
+    unpickler = _RestrictedUnpickler(io.BytesIO(data), persistent_load)
+    token = _METER.set(_Meter())
     try:
         obj = unpickler.load()
-    except (UnsafeCheckpointError, CheckpointError):
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        placeholders: list[tuple[str, str]] = []
+        tree = _to_plain(obj, placeholders)
+    except CheckpointError as err:
         _refuse_code(unpickler.unknown, [], source)  # a code global explains the failure better than its symptom
-        raise CheckpointError(f"{source}: cannot unpickle ({type(err).__name__}: {err})") from None
+        if str(err).startswith(source):
+            raise
+        raise type(err)(f"{source}: {err}") from None
     except RecursionError:
         raise CheckpointError(f"{source}: nested too deeply to read") from None
-    placeholders: list[tuple[str, str]] = []
-    tree = _to_plain(obj, placeholders)
+    except Exception as err:  # noqa: BLE001 - nothing from the file ran; any failure is a malformed file
+        _refuse_code(unpickler.unknown, [], source)
+        raise CheckpointError(f"{source}: cannot unpickle ({type(err).__name__}: {short_repr(str(err))})") from None
+    finally:
+        _METER.reset(token)
     _refuse_code(unpickler.unknown, placeholders, source)
     return tree, placeholders
 
@@ -440,34 +629,63 @@ def _refuse_code(unknown: Mapping[str, type], placeholders: list[tuple[str, str]
     dangerous = sorted(k for k in unknown if runs_code(k))
     if not dangerous:
         return
-    places = {name: [where for g, where in placeholders if g == name] for name in dangerous}
-    named = "; ".join(f"{n} (at {', '.join(places[n][:3]) or 'an argument of another object'})" for n in dangerous)
+    places = {name: [where for g, where in placeholders if g == name] for name in dangerous[:5]}
+    named = "; ".join(f"{n} (at {', '.join(places[n][:3]) or 'an argument of another object'})" for n in places)
+    more = f" and {len(dangerous) - 5} more" if len(dangerous) > 5 else ""
     raise UnsafeCheckpointError(
-        f"refusing {source}: it asks to call {named}, which a checkpoint has no reason to do. "
+        f"refusing {source}: it asks to call {named}{more}, which a checkpoint has no reason to do. "
         "Nothing from the file was run."
     )
 
 
-def _to_plain(tree: Any, placeholders: list[tuple[str, str]], where: str = "", depth: int = 0) -> Any:
-    """Stand-ins -> plain values (dicts, NumPy objects); placeholders collected with their place."""
-    if depth > _MAX_DEPTH:
-        raise CheckpointError(f"nested more than {_MAX_DEPTH} levels deep at {where or 'the top'}")
-    if isinstance(tree, (_NumpyArray, _NumpyDtype)):
-        try:
-            return tree.resolve()
-        except (CheckpointError, ValueError, TypeError):  # object arrays, records: kept, reported
-            tree = _placeholder_type("numpy", "ndarray" if isinstance(tree, _NumpyArray) else "dtype")()
-    if isinstance(tree, Placeholder):
-        placeholders.append((tree.global_name, where or "(top level)"))
+def _place(where: tuple | None) -> str:
+    """``(parent, key)`` links -> ``['a']['b'][0]``, shortened to stay readable."""
+    keys = []
+    while where is not None:
+        where, key = where
+        keys.append(f"[{short_repr(key)}]")
+    text = "".join(reversed(keys)) or "(top level)"
+    return text if len(text) <= 200 else text[:90] + " ... " + text[-90:]
+
+
+def _to_plain(root: Any, placeholders: list[tuple[str, str]]) -> Any:
+    """Stand-ins -> plain values (dicts, NumPy objects); placeholders collected with their place.
+
+    Places are kept as links and written out only for placeholders, so a deep or wide tree costs no
+    strings; ``MAX_NESTING`` and ``MAX_TREE_NODES`` bound the work (a shared object counts each
+    time it is reached, so a small file of shared containers cannot expand into a huge tree).
+    """
+    visited = 0
+
+    def plain(tree: Any, where: tuple | None, depth: int) -> Any:
+        nonlocal visited
+        visited += 1
+        if visited > MAX_TREE_NODES:
+            raise CheckpointError(f"it holds more than {MAX_TREE_NODES:,} objects (counting shared ones each time)")
+        if depth > MAX_NESTING:
+            raise CheckpointError(
+                f"it nests containers more than {MAX_NESTING} deep (or in a cycle) at {_place(where)}"
+            )
+        if isinstance(tree, (_NumpyArray, _NumpyDtype)):
+            try:
+                return tree.resolve()
+            except _OverBudgetError:
+                raise
+            except (CheckpointError, ValueError, TypeError):  # object arrays, records: kept, reported
+                tree = _placeholder_type("numpy", "ndarray" if isinstance(tree, _NumpyArray) else "dtype")()
+        if isinstance(tree, Placeholder):
+            placeholders.append((tree.global_name, _place(where)))
+            return tree
+        if isinstance(tree, Mapping):
+            return {k: plain(v, (where, k), depth + 1) for k, v in tree.items()}
+        if isinstance(tree, (list, tuple)):
+            items = [plain(v, (where, i), depth + 1) for i, v in enumerate(tree)]
+            return items if isinstance(tree, list) else tuple(items)
+        if isinstance(tree, (set, frozenset)):
+            return type(tree)(plain(v, (where, "{}"), depth + 1) for v in tree)
         return tree
-    if isinstance(tree, Mapping):
-        return {k: _to_plain(v, placeholders, f"{where}[{k!r}]", depth + 1) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        items = [_to_plain(v, placeholders, f"{where}[{i}]", depth + 1) for i, v in enumerate(tree)]
-        return items if isinstance(tree, list) else tuple(items)
-    if isinstance(tree, (set, frozenset)):
-        return type(tree)(_to_plain(v, placeholders, f"{where}{{}}", depth + 1) for v in tree)
-    return tree
+
+    return plain(root, None, 0)
 
 
 __all__ = [
@@ -479,7 +697,10 @@ __all__ = [
     "StorageType",
     "TensorRef",
     "UnsafeCheckpointError",
+    "BoundedReader",
     "element_size",
     "restricted_load",
     "runs_code",
+    "scan_pickle",
+    "short_repr",
 ]

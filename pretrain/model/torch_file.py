@@ -10,12 +10,20 @@ Both formats ``torch.save`` has written are read: the zip archive (torch >= 1.6:
 ``<name>/data.pkl``, ``<name>/data/<key>`` stored uncompressed, ``<name>/byteorder``) and the
 legacy stream (magic number, protocol, system info and object pickles, a pickled list of
 storage keys, then each storage as an 8-byte element count and its bytes).
+
+Every size the file states is checked against what the file holds before anything is allocated
+for it: zip members against the archive, data.pkl's inflated size against ``MAX_PICKLE_BYTES``
+(read in chunks, so a small deflated member cannot inflate past it), each storage's element count
+against its member, each tensor's extent against its storage (a tensor may not hold more elements
+than its storage: no stride-0 expansion), and the bytes read or copied for tensors against a
+budget of twice the file's size. Whatever goes wrong, the caller sees a ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -27,13 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pretrain.model.limits import MAX_PICKLE_BYTES, MiB
 from pretrain.model.safe_pickle import (
+    BoundedReader,
     CheckpointError,
     StorageRef,
     StorageType,
     TensorRef,
     element_size,
     restricted_load,
+    scan_pickle,
+    short_repr,
 )
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -56,36 +68,61 @@ class TorchFile:
     crc: dict[str, int] = field(default_factory=dict, repr=False)
     big_endian: bool = False
 
-    def tensor(self, ref: TensorRef) -> Tensor:
-        """Read one tensor from the file into fresh memory."""
-        if len(ref.shape) != len(ref.stride) or any(s < 0 for s in (*ref.shape, *ref.stride, ref.offset)):
-            raise CheckpointError(f"{self.path}: a tensor has an invalid shape {ref.shape} / stride {ref.stride}")
+    read_budget: int = 0  # bytes tensors may still read or copy (``read_torch_file``: twice the file)
+
+    def check(self, ref: TensorRef) -> None:
+        """Refuse a tensor whose layout does not fit its storage, before anything is read."""
+        where = f"{self.path}: a tensor over storage {short_repr(ref.storage.key)}"
+        if ref.storage.key not in self.locations:
+            raise CheckpointError(f"{self.path}: storage {short_repr(ref.storage.key)} is missing from the file")
+        if ref.numel == 0:
+            return
         extent = ref.offset + sum((n - 1) * st for n, st in zip(ref.shape, ref.stride, strict=True)) + 1
-        if ref.numel and extent > ref.storage.numel:
-            raise CheckpointError(f"{self.path}: a tensor reaches past the end of storage {ref.storage.key}")
-        storage = self._read_storage(ref.storage)
-        view = storage.as_strided(ref.shape, ref.stride, ref.offset)
-        if view.numel() != storage.numel() or not view.is_contiguous():
-            view = view.clone()  # a slice must not keep its whole storage alive
+        if extent > ref.storage.numel:
+            raise CheckpointError(f"{where} reaches element {extent:,} of {ref.storage.numel:,}")
+        if ref.numel > ref.storage.numel:
+            raise CheckpointError(
+                f"{where} declares {ref.numel:,} elements (shape {ref.shape}, stride {ref.stride}) over a "
+                f"storage of {ref.storage.numel:,}: an expanded view, which a checkpoint does not hold"
+            )
+
+    def tensor(self, ref: TensorRef) -> Tensor:
+        """Read one tensor from the file into fresh memory (only the span of its storage it covers)."""
+        self.check(ref)
+        width = element_size(ref.storage.dtype)
+        if ref.numel == 0:
+            return torch.empty(ref.shape, dtype=ref.dtype)
+        first = ref.offset
+        last = ref.offset + sum((n - 1) * st for n, st in zip(ref.shape, ref.stride, strict=True))
+        span = self._read_span(ref.storage, first * width, (last + 1 - first) * width)
+        view = span.as_strided(ref.shape, ref.stride, 0)
+        if not view.is_contiguous():
+            self._spend(ref.nbytes, ref.storage.key)
+            view = view.clone()  # a strided slice must not keep its whole span alive
         return view
 
-    def _read_storage(self, storage: StorageRef) -> Tensor:
-        if storage.key not in self.locations:
-            raise CheckpointError(f"{self.path}: storage {storage.key} is missing from the file")
-        offset, nbytes = self.locations[storage.key]
+    def _spend(self, nbytes: int, key: str) -> None:
+        self.read_budget -= nbytes
+        if self.read_budget < 0:
+            raise CheckpointError(
+                f"{self.path}: its tensors ask for more memory than twice the file's size "
+                f"(at storage {short_repr(key)}): views of shared storages, read many times"
+            )
+
+    def _read_span(self, storage: StorageRef, start: int, nbytes: int) -> Tensor:
+        offset, stored = self.locations[storage.key]
         width = element_size(storage.dtype)
-        if nbytes < storage.numel * width:
+        if stored < storage.numel * width:
             raise CheckpointError(f"{self.path} is corrupt: storage {storage.key} is shorter than its tensors")
+        self._spend(nbytes, storage.key)
         buffer = bytearray(nbytes)
         with open(self.path, "rb") as f:
-            f.seek(offset)
+            f.seek(offset + start)
             if f.readinto(buffer) != nbytes:
                 raise CheckpointError(f"{self.path} is truncated (storage {storage.key})")
         expected = self.crc.get(storage.key)
-        if expected and zlib.crc32(buffer) != expected:
+        if expected and start == 0 and nbytes == stored and zlib.crc32(buffer) != expected:
             raise CheckpointError(f"{self.path} is corrupt: storage {storage.key} fails its CRC check")
-        if nbytes == 0:
-            return torch.empty(0, dtype=storage.dtype)
         flat = torch.frombuffer(buffer, dtype=torch.uint8)
         if self.big_endian and width > 1:
             flat = flat.view(-1, width).flip(1).reshape(-1)
@@ -126,99 +163,176 @@ def _storage_loader(root: str, seen: dict[str, StorageRef]):
 
     def load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise CheckpointError(f"unknown persistent id {pid!r:.80}")
+            raise CheckpointError(f"unknown persistent id {short_repr(pid)}")
         storage_type, key, _location, numel = pid[1:5]  # location ignored: everything is read to the CPU
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 64:
+            raise CheckpointError(f"a storage key is {short_repr(key)}, not a short name")
         if not isinstance(storage_type, StorageType):
             raise CheckpointError(f"storage {key} has an unknown type")
-        ref = seen.setdefault(str(key), StorageRef(str(key), storage_type.dtype, int(numel)))
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise CheckpointError(f"storage {key} declares {short_repr(numel)} elements")
+        ref = seen.setdefault(str(key), StorageRef(str(key), storage_type.dtype, numel))
+        if (ref.dtype, ref.numel) != (storage_type.dtype, numel):
+            raise CheckpointError(f"storage {key} is declared twice, with different types or sizes")
         view = pid[5] if len(pid) > 5 else None
         if view is not None:  # legacy views: (view_key, offset in elements, size) into the root storage
-            return StorageRef(ref.key, ref.dtype, ref.numel, view_offset=int(view[1]))
+            readable = isinstance(view, tuple) and len(view) >= 2
+            if not readable or isinstance(view[1], bool) or not isinstance(view[1], int):
+                raise CheckpointError(f"storage {key} has an unreadable view {short_repr(view)}")
+            return StorageRef(ref.key, ref.dtype, ref.numel, view_offset=view[1])
         return ref
 
     return load
 
 
-def _zip_data_offset(f: io.BufferedIOBase, info: zipfile.ZipInfo) -> int:
+def _zip_data_offset(f: io.BufferedIOBase, info: zipfile.ZipInfo, archive_bytes: int) -> int:
+    """Where a member's bytes start; refused if they would run past the archive."""
     f.seek(info.header_offset)
     header = f.read(ZIP_LOCAL_HEADER)
     if len(header) != ZIP_LOCAL_HEADER or header[:4] != b"PK\x03\x04":
-        raise CheckpointError(f"bad zip member header for {info.filename}")
+        raise CheckpointError(f"bad zip member header for {short_repr(info.filename)}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + ZIP_LOCAL_HEADER + name_len + extra_len
+    start = info.header_offset + ZIP_LOCAL_HEADER + name_len + extra_len
+    if start + info.compress_size > archive_bytes:
+        raise CheckpointError(
+            f"zip member {short_repr(info.filename)} claims {info.compress_size:,} bytes, "
+            f"past the end of the {archive_bytes:,}-byte archive"
+        )
+    return start
+
+
+def _check_member(info: zipfile.ZipInfo, path: Path, *, stored_only: bool) -> None:
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{path}: zip member {short_repr(info.filename)} is encrypted")
+    allowed = (zipfile.ZIP_STORED,) if stored_only else (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+    if info.compress_type not in allowed:
+        raise CheckpointError(
+            f"{path}: zip member {short_repr(info.filename)} uses compression method {info.compress_type}, "
+            "which torch never writes" + ("" if stored_only else " (stored or deflate are read)")
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise CheckpointError(f"{path}: stored zip member {short_repr(info.filename)} states two different sizes")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: int) -> bytes:
+    """A member's bytes, inflated in chunks and refused once past ``limit`` (whatever its header says)."""
+    if info.file_size > limit:
+        raise CheckpointError(f"{path}: {info.filename} states {info.file_size:,} bytes, more than {limit:,}")
+    chunks, total = [], 0
+    with archive.open(info) as member:
+        while chunk := member.read(MiB):
+            total += len(chunk)
+            if total > limit:
+                raise CheckpointError(f"{path}: {info.filename} inflates past {limit:,} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _read_zip(path: Path) -> TorchFile:
+    archive_bytes = path.stat().st_size
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - zipfile raises many types for a damaged directory
         raise CheckpointError(
-            f"checkpoint is truncated or corrupt (its zip directory is unreadable): {path} ({err})"
+            f"checkpoint is truncated or corrupt (its zip directory is unreadable): {path} ({short_repr(str(err))})"
         ) from None
-    with archive:
+    with archive, open(path, "rb") as f:
         members = {info.filename: info for info in archive.infolist()}
         pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no <name>/data.pkl)")
         root = pickles[0][: -len("data.pkl")]
-        big_endian = root + "byteorder" in members and archive.read(root + "byteorder").strip() == b"big"
+        for name in (pickles[0], root + "byteorder"):
+            if name in members:
+                _check_member(members[name], path, stored_only=False)
+                _zip_data_offset(f, members[name], archive_bytes)
+        big_endian = root + "byteorder" in members and (
+            _read_member(archive, members[root + "byteorder"], path, 16).strip() == b"big"
+        )
         try:
-            data = archive.read(pickles[0])
+            data = _read_member(archive, members[pickles[0]], path, MAX_PICKLE_BYTES)
         except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as err:
-            raise CheckpointError(f"checkpoint is truncated or corrupt: {path} ({err})") from None
-    storages: dict[str, StorageRef] = {}
-    tree, placeholders = restricted_load(io.BytesIO(data), _storage_loader(root, storages), str(path))
-    locations, crc = {}, {}
-    with open(path, "rb") as f:
-        for key in storages:
+            raise CheckpointError(f"checkpoint is truncated or corrupt: {path} ({short_repr(str(err))})") from None
+        storages: dict[str, StorageRef] = {}
+        tree, placeholders = restricted_load(data, _storage_loader(root, storages), str(path))
+        locations, crc = {}, {}
+        for key, storage in storages.items():
             info = members.get(f"{root}data/{key}")
             if info is None:
                 raise CheckpointError(f"{path} is corrupt: storage {key} is missing")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise CheckpointError(f"{path}: storage {key} is compressed, which torch never writes")
-            locations[key] = (_zip_data_offset(f, info), info.file_size)
+            _check_member(info, path, stored_only=True)
+            width = element_size(storage.dtype)
+            if info.file_size % width or info.file_size < storage.numel * width:
+                raise CheckpointError(
+                    f"{path} is corrupt: storage {key} holds {info.file_size:,} bytes, not the "
+                    f"{storage.numel:,} elements of {width} bytes its pickle declares"
+                )
+            locations[key] = (_zip_data_offset(f, info, archive_bytes), info.file_size)
             crc[key] = info.CRC
-    return TorchFile(path, tree, placeholders, locations, crc, big_endian)
+    return TorchFile(path, tree, placeholders, locations, crc, big_endian, read_budget=2 * archive_bytes)
+
+
+def _legacy_pickle(f: io.BufferedIOBase, load_storage, source: str) -> Any:
+    """The next pickle of a legacy stream: scanned through a bounded reader, then unpickled."""
+    start = f.tell()
+    length = scan_pickle(BoundedReader(f, MAX_PICKLE_BYTES), source)
+    f.seek(start)
+    return restricted_load(f.read(length), load_storage, source)
 
 
 def _read_legacy(path: Path) -> TorchFile:
     source = str(path)
+    file_bytes = path.stat().st_size
     storages: dict[str, StorageRef] = {}
     load_storage = _storage_loader("", storages)
     with open(path, "rb") as f:
-        magic, _ = restricted_load(f, load_storage, source)
+        magic, _ = _legacy_pickle(f, load_storage, source)
         if magic != LEGACY_MAGIC:
             raise CheckpointError(f"not a PyTorch checkpoint (a pickle, but not torch's format): {path}")
-        _protocol, _ = restricted_load(f, load_storage, source)
-        sys_info, _ = restricted_load(f, load_storage, source)
+        _protocol, _ = _legacy_pickle(f, load_storage, source)
+        sys_info, _ = _legacy_pickle(f, load_storage, source)
         if not isinstance(sys_info, Mapping):
             raise CheckpointError(f"not a PyTorch checkpoint (a pickle, but not torch's format): {path}")
-        tree, placeholders = restricted_load(f, load_storage, source)
-        keys, _ = restricted_load(f, load_storage, source)
-        if not isinstance(keys, list):
+        tree, placeholders = _legacy_pickle(f, load_storage, source)
+        keys, _ = _legacy_pickle(f, load_storage, source)
+        if not isinstance(keys, list) or len(keys) > len(storages):
             raise CheckpointError(f"{path}: its list of storages is unreadable")
         locations = {}
         for key in map(str, keys):
             raw = f.read(8)
             if key not in storages or len(raw) != 8:
-                raise CheckpointError(f"{path} is truncated or corrupt (storage {key})")
-            nbytes = struct.unpack("<q", raw)[0] * element_size(storages[key].dtype)
+                raise CheckpointError(f"{path} is truncated or corrupt (storage {short_repr(key)})")
+            count = struct.unpack("<q", raw)[0]
+            nbytes = count * element_size(storages[key].dtype)
+            if not storages[key].numel <= count or f.tell() + nbytes > file_bytes:
+                raise CheckpointError(
+                    f"{path} is truncated or corrupt: storage {key} states {count:,} elements where "
+                    f"{storages[key].numel:,} are declared and {file_bytes - f.tell():,} bytes remain"
+                )
             locations[key] = (f.tell(), nbytes)
             f.seek(nbytes, os.SEEK_CUR)
-        if f.tell() > path.stat().st_size:
-            raise CheckpointError(f"{path} is truncated (its storages run past the end of the file)")
-    return TorchFile(path, tree, placeholders, locations)
+    return TorchFile(path, tree, placeholders, locations, read_budget=2 * file_bytes)
 
 
 def read_torch_file(path: str | os.PathLike) -> TorchFile:
-    """Read a ``torch.save`` file (zip or legacy) without its tensor data and without running code."""
+    """Read a ``torch.save`` file (zip or legacy) without its tensor data and without running code.
+
+    Anything malformed, whichever layer finds it (zip, pickle, legacy stream), is a ``CheckpointError``."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head:
-        raise CheckpointError(f"checkpoint file is empty: {path}")
-    if head.startswith(b"PK"):
-        return _read_zip(path)
-    if head[:1] == b"\x80":
-        return _read_legacy(path)
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"checkpoint path is not a regular file (a directory, FIFO or device): {path}")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head:
+            raise CheckpointError(f"checkpoint file is empty: {path}")
+        if head.startswith(b"PK"):
+            return _read_zip(path)
+        if head[:1] == b"\x80":
+            return _read_legacy(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the last net: a malformed file never escapes as a library's error
+        raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {short_repr(str(err))}") from None
     raise CheckpointError(f"not a PyTorch checkpoint (neither a zip archive nor a pickle): {path}")
