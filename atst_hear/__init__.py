@@ -19,6 +19,7 @@ embeddings only; the official linear evaluation used 12, default: no crop), ``ch
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -46,8 +47,8 @@ class HearATST(nn.Module):
         super().__init__()
         self.extractor = extractor
         self.n_blocks = extractor.check_n_blocks(n_blocks)
-        if center_crop_seconds is not None and not center_crop_seconds > 0:
-            raise ValueError(f"center_crop_seconds must be positive or None, got {center_crop_seconds}")
+        if center_crop_seconds is not None and not 0 < center_crop_seconds < math.inf:
+            raise ValueError(f"center_crop_seconds must be positive seconds or None, got {center_crop_seconds}")
         self.center_crop_seconds = center_crop_seconds
         self.family = extractor.family
         self.scene_embedding_size = extractor.scene_embedding_size(self.n_blocks)

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 
 from pretrain.extras import INSTALL, extras_named
+from pretrain.model.audio_input import AudioInputError
 from pretrain.model.audio_io import load_audio
 from pretrain.model.checkpoint import inspect_checkpoint, write_random_checkpoint
 from pretrain.model.encoder import ARCHS
 from pretrain.model.extractor import ATSTFeatureExtractor
+from pretrain.runs.divergence import TrainingDivergedError
 from pretrain.training import config as run_config
 
 
@@ -71,7 +73,10 @@ def _embed(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for path in args.audio:
             wav = load_audio(path)
-            emb = model.scene_embeddings([wav], n_blocks=n_blocks)[0]
+            try:
+                emb = model.scene_embeddings([wav], n_blocks=n_blocks)[0]
+            except AudioInputError as err:
+                raise AudioInputError(f"{path}: {err}") from None
             rows.append(emb.numpy())
             print(
                 f"{path}: {len(wav) / 16000:.2f} s -> scene embedding {tuple(emb.shape)}, "
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with extras_named(f"python -m pretrain {args.command}"):
             args.run(args)
-    except (ValueError, OSError) as err:  # bad input, missing files, failed downloads: one line
+    except (ValueError, OSError, TrainingDivergedError) as err:  # bad input, missing files, a NaN run: one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

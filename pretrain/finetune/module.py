@@ -35,6 +35,7 @@ from pretrain.model.checkpoint import inspect_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.family import FAMILIES
 from pretrain.runs.augment import RandomResizeCrop
+from pretrain.runs.divergence import check_loss, check_weights
 from pretrain.runs.schedules import learning_rate
 from pretrain.runs.seeds import step_generator
 
@@ -185,10 +186,15 @@ class FinetuneModule(pl.LightningModule):
             group["lr"] = lr * group["lr_scale"]
         feats, targets = self.features(batch, augment=True)
         loss = self.loss(self.head(feats), targets)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
+        check_loss(loss, step=self.global_step, lr=lr, all_ranks_finite=finite)
         size = targets.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/lr", lr, prog_bar=True, batch_size=size)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_weights(self, step=self.global_step)  # no NaN checkpoint over a good one
 
     # --- validation ----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -220,9 +220,7 @@ def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, conf
     scores: per round, the k-fold mean, fine-tuned and frozen side by side."""
     task = HearTask.open(task_dir)
     checkpoint = resolve_checkpoint(checkpoint)  # a registered name: fetched once, here, before any worker starts
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    spec = inspect_checkpoint(checkpoint).spec  # an unusable checkpoint fails here, before any training
+    spec = inspect_checkpoint(checkpoint).spec  # missing, a directory, unusable: fails here, before any training
     modes = ["frozen"] if config.freeze else (["finetune", "frozen"] if config.baseline else ["finetune"])
     out = Path(out)
     report: dict[str, Any] = {

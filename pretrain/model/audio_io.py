@@ -4,12 +4,22 @@ Decoding is libsndfile's (``soundfile``); resampling is libsoxr's (``soxr``, the
 librosa uses) at its high-quality setting. ``benchmarks/resample_quality.py`` compares it
 with torchaudio's ``Resample``, which it replaces: passband ripple, aliasing of tones above
 the new Nyquist frequency, and speed.
+
+A header is not trusted: ``open_audio`` refuses what is not a regular file (a FIFO would block),
+a sample rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``, and a frame count the file's size
+cannot hold (``pretrain.model.limits``), before anything is decoded; a whole-file decode also
+keeps to the duration budget (``$ATST_MAX_AUDIO_SECONDS``). Every failure, whichever library
+raises it, is an ``AudioFileError`` naming the file, which scans and training count and skip.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from pathlib import Path
+import stat
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -18,16 +28,118 @@ import torch
 from torch import Tensor
 
 from pretrain.model.frontend import SAMPLE_RATE
+from pretrain.model.limits import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    MAX_SAMPLES_PER_BYTE,
+    MIN_SAMPLE_RATE,
+    max_audio_seconds,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+RESAMPLE_QUALITY = "HQ"
+# Uncompressed subtypes: bytes per sample, so a header's frame count is held to the file's size.
+_PCM_BYTES = {
+    "PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+    "FLOAT": 4, "DOUBLE": 8,
+}  # fmt: skip
+
+_COMPRESSED_FORMATS = {"FLAC", "OGG", "MPEG"}
+AudioSource = str | os.PathLike | BinaryIO
 
 
 class AudioFileError(ValueError):
-    """An audio file that cannot be read (missing, corrupt, empty or unsupported)."""
+    """An audio file that cannot be read (missing, corrupt, empty, unsupported or implausible)."""
 
 
-DECODE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError)
-RESAMPLE_QUALITY = "HQ"
+def _brief(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _size(source: AudioSource, name: str) -> int:
+    """Bytes the source holds; a path must be a regular file (a FIFO or device would block or never end)."""
+    if hasattr(source, "read"):
+        try:
+            here = source.tell()
+            end = source.seek(0, io.SEEK_END)
+            source.seek(here)
+        except (OSError, ValueError, AttributeError) as err:
+            raise AudioFileError(f"cannot read {name}: not a seekable file ({_brief(err)})") from None
+        return end - here
+    try:
+        info = os.stat(source)
+    except FileNotFoundError:
+        raise AudioFileError(f"audio file not found: {name}") from None
+    except OSError as err:
+        raise AudioFileError(f"cannot read {name}: {_brief(err)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioFileError(f"{name} is a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioFileError(f"{name} is not a regular file (a FIFO, socket or device); audio is read from files")
+    return info.st_size
+
+
+def _check_header(f: soundfile.SoundFile, size: int, name: str) -> None:
+    rate, frames, channels = f.samplerate, f.frames, f.channels
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioFileError(
+            f"{name} declares a sample rate of {rate} Hz, outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz "
+            "(a corrupt header?)"
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioFileError(f"{name} declares {channels} channels (1..{MAX_CHANNELS} are read)")
+    if frames < 0:
+        raise AudioFileError(f"{name} declares {frames} frames")
+    width = None if f.format in _COMPRESSED_FORMATS else _PCM_BYTES.get(f.subtype)  # FLAC says PCM_16 too
+    if width is not None:
+        claimed, holds = frames * channels * width, size
+        if claimed > holds:
+            raise AudioFileError(
+                f"{name} declares {frames:,} frames x {channels} channels of {f.subtype} ({claimed:,} bytes) "
+                f"but holds {holds:,} bytes"
+            )
+    else:
+        samples = max(frames * channels, frames * SAMPLE_RATE // rate)
+        if samples > MAX_SAMPLES_PER_BYTE * max(size, 1):
+            raise AudioFileError(
+                f"{name} declares {frames:,} frames x {channels} channels in {size:,} bytes of {f.format}, "
+                f"more than {MAX_SAMPLES_PER_BYTE:,} samples per byte can code (a corrupt header?)"
+            )
+
+
+@contextlib.contextmanager
+def open_audio(source: AudioSource, name: str | None = None) -> Iterator[soundfile.SoundFile]:
+    """An open ``soundfile.SoundFile`` whose header has been checked against the file (see the
+    module docstring). ``source``: a path or a seekable binary file (a shard member); ``name``:
+    what errors call it. Any error while the file is read in the ``with`` body becomes an
+    ``AudioFileError`` too."""
+    name = name or str(source)
+    max_audio_seconds()  # a bad $ATST_MAX_AUDIO_SECONDS is the setting's error, not this file's
+    size = _size(source, name)
+    try:
+        f = soundfile.SoundFile(source if hasattr(source, "read") else str(source))
+    except Exception as err:  # libsndfile, format sniffing, a file removed meanwhile: all the file's fault
+        raise AudioFileError(f"cannot decode {name}: {_brief(err)}") from None
+    with f:
+        _check_header(f, size, name)
+        try:
+            yield f
+        except AudioFileError:
+            raise
+        except Exception as err:  # noqa: BLE001 - decoding errors of any kind name the file
+            raise AudioFileError(f"cannot decode {name}: {type(err).__name__}: {_brief(err)}") from None
+
+
+def read_whole(f: soundfile.SoundFile, name: str) -> np.ndarray:
+    """Decode an open file entirely, ``(frames, channels)`` float32, within the duration budget."""
+    seconds, budget = f.frames / f.samplerate, max_audio_seconds()
+    if seconds > budget:
+        raise AudioFileError(
+            f"{name} lasts {seconds:,.1f} s, over the {budget:g} s read whole per file "
+            "(set ATST_MAX_AUDIO_SECONDS to allow longer files)"
+        )
+    return f.read(dtype="float32", always_2d=True)
 
 
 def resample(wav: np.ndarray, rate: int) -> np.ndarray:
@@ -47,13 +159,12 @@ def to_mono_16k(data: np.ndarray, rate: int, path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate)))
 
 
-def load_audio(path: str | os.PathLike) -> Tensor:
+def load_audio(source: AudioSource, name: str | None = None) -> Tensor:
     """Read a wav/flac/ogg file, mix down to mono and resample to 16 kHz: 1-D float32 tensor."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioFileError(f"audio file not found: {path}")
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except DECODE_ERRORS as err:
-        raise AudioFileError(f"cannot decode {path}: {err}") from None
-    return to_mono_16k(data, rate, path)
+    name = name or str(source)
+    with open_audio(source, name) as f:
+        data, rate = read_whole(f, name), f.samplerate
+    return to_mono_16k(data, rate, name)
+
+
+__all__ = ["AUDIO_SUFFIXES", "AudioFileError", "load_audio", "open_audio", "read_whole", "resample", "to_mono_16k"]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pretrain.model.audio_input import check_clips
+from pretrain.model.audio_input import AudioInputError, check_clips
 from pretrain.model.checkpoint import EncoderSpec, load_encoder
 from pretrain.model.encoder import PATCH_FRAMES, ATSTEncoder
 from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS, layer_features, scene_embedding
@@ -116,7 +116,18 @@ class ATSTFeatureExtractor(nn.Module):
         if lengths is not None:
             wavs = [w[:n] for w, n in zip(wavs, lengths.tolist(), strict=True)]
         clips = check_clips(wavs)
-        return self.frontend.batch([w.to(self.device) for w in clips])
+        mels, frames = self.frontend.batch([w.to(self.device) for w in clips])
+        # Finite samples can still overflow float32 in the power spectrum (|x| of about 1e17 and up):
+        # such a clip would give NaN features, so it is refused by name.
+        finite = torch.isfinite(mels).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+            peak = float(clips[bad[0]].abs().max())
+            raise AudioInputError(
+                f"clip {bad[0]} (of {len(bad)} such) overflows the log-mel front end (peak |sample| {peak:.3g}; "
+                "audio is expected in [-1, 1])"
+            )
+        return mels, frames
 
     def scene_embeddings_of_mels(self, mels: Tensor, lengths: Tensor, *, n_blocks: int) -> Tensor:
         """The official linear-evaluation features of padded mels: ``(B, scene_embedding_size(n_blocks))``.

@@ -32,9 +32,12 @@ LOAD_BUDGET_BYTES = 256 * MiB
 # --- audio --------------------------------------------------------------------------------------
 MIN_SAMPLE_RATE = 4_000  # below this a header is more likely corrupt than a recording (8 kHz: telephony)
 MAX_SAMPLE_RATE = 768_000
-# A compressed file (FLAC, Ogg) decodes to at most this many samples per byte it holds: FLAC's
-# smallest frame (a constant subframe, ~10 bytes) codes at most 65,535 samples per channel.
-MAX_SAMPLES_PER_BYTE = 8_192
+MAX_CHANNELS = 64
+# A compressed file (FLAC, Ogg, MP3) is taken to decode to at most this many samples per byte it
+# holds, before and after resampling to 16 kHz. Music FLAC codes about 1 sample per byte, speech
+# Vorbis/Opus 10-30; digital silence in FLAC's common 4,096-sample blocks about 300 per channel.
+# A header that claims more (a few-kB file announcing hours) is refused before decoding.
+MAX_SAMPLES_PER_BYTE = 4_096
 DEFAULT_MAX_AUDIO_SECONDS = 3_600.0
 
 

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import soundfile
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.model.audio_io import AUDIO_SUFFIXES, DECODE_ERRORS, AudioFileError, to_mono_16k
+from pretrain.model.audio_io import AUDIO_SUFFIXES, AudioFileError, open_audio, read_whole, to_mono_16k
 from pretrain.model.frontend import SAMPLE_RATE
 from pretrain.runs.seeds import mix_seed
 
 log = logging.getLogger(__name__)
+SCAN_BLOCK_FRAMES = 1 << 18  # a scan decodes in blocks: memory stays flat on hour-long files
 
 
 class DatasetError(ValueError):
@@ -58,21 +58,18 @@ def read_crops(
     member); ``name`` is what errors call it. The file is opened once: a short file is decoded
     (and resampled) whole, a long one only at the crops."""
     path = name or str(source)
-    try:
-        with soundfile.SoundFile(source if hasattr(source, "read") else str(source)) as f:
-            rate, frames = f.samplerate, f.frames
-            total = int(frames * SAMPLE_RATE / rate)
-            rng = np.random.default_rng(seed)
-            starts = [int(rng.integers(0, total - n_samples + 1)) if total > n_samples else 0 for _ in range(n_crops)]
-            if total > n_crops * n_samples:
-                spans = []
-                for start in starts:
-                    f.seek(int(start * rate / SAMPLE_RATE))
-                    spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
-            else:
-                whole = f.read(dtype="float32", always_2d=True)
-    except DECODE_ERRORS as err:
-        raise AudioFileError(f"cannot decode {path}: {err}") from None
+    with open_audio(source, path) as f:
+        rate, frames = f.samplerate, f.frames
+        total = int(frames * SAMPLE_RATE / rate)
+        rng = np.random.default_rng(seed)
+        starts = [int(rng.integers(0, total - n_samples + 1)) if total > n_samples else 0 for _ in range(n_crops)]
+        if total > n_crops * n_samples:
+            spans = []
+            for start in starts:
+                f.seek(int(start * rate / SAMPLE_RATE))
+                spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
+        else:
+            whole = read_whole(f, path)
     if total > n_crops * n_samples:
         crops = [to_mono_16k(data, rate, path)[:n_samples] for data in spans]
     else:
@@ -181,21 +178,26 @@ def scan_dataset(source: str | os.PathLike, *, crop_seconds: float, progress: bo
     report = ScanReport(files=len(files), sample_rates={}, problems=[])
     for path in tqdm(files, desc="scanning", disable=not progress):
         try:
-            info = soundfile.info(str(path))
-            data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except DECODE_ERRORS as err:
+            with open_audio(path) as f:
+                rate, frames = f.samplerate, 0
+                finite, peak = True, 0.0
+                for block in f.blocks(blocksize=SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                    frames += block.shape[0]
+                    finite = finite and bool(np.isfinite(block).all())
+                    peak = max(peak, float(np.abs(block).max(initial=0.0)))
+        except AudioFileError as err:
             report.problems.append(f"{path}: unreadable ({err})")
             continue
-        if data.size == 0:
+        if frames == 0:
             report.problems.append(f"{path}: no samples")
             continue
-        if not np.isfinite(data).all():
+        if not finite:
             report.problems.append(f"{path}: NaN or Inf samples")
             continue
         report.readable += 1
-        seconds = data.shape[0] / info.samplerate
+        seconds = frames / rate
         report.seconds += seconds
-        report.sample_rates[info.samplerate] = report.sample_rates.get(info.samplerate, 0) + 1
+        report.sample_rates[rate] = report.sample_rates.get(rate, 0) + 1
         report.shorter_than_crop += seconds < crop_seconds
-        report.silent += float(np.abs(data).max()) == 0.0
+        report.silent += peak == 0.0
     return report

@@ -14,6 +14,7 @@ from pretrain.model.checkpoint import FORMAT_NAME, FORMAT_VERSION
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
 from pretrain.runs import schedules
+from pretrain.runs.divergence import check_loss, check_weights
 from pretrain.runs.seeds import step_generator
 from pretrain.training.config import PretrainConfig
 from pretrain.training.recipes import RECIPES, crop_mels
@@ -104,6 +105,8 @@ class ATSTPretraining(pl.LightningModule):
             return None
         view_a, view_b, masks = self.make_views(batch["wavs"])
         loss, std_student, std_teacher = self.model(view_a, view_b, masks)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
+        check_loss(loss, step=step, lr=lr, all_ranks_finite=finite)
         bs = view_a.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
@@ -130,6 +133,7 @@ class ATSTPretraining(pl.LightningModule):
             f.write(json.dumps(record) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_weights(self.model, step=self.global_step)  # no NaN checkpoint over a good one
         checkpoint["skipped_files"] = self.skipped_files
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

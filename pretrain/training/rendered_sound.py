@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pretrain.model.audio_io import to_mono_16k
+from pretrain.model.audio_io import load_audio
 from pretrain.model.hear_task import scene_metadata, write_task
 
 SAMPLE_RATE = 16000
@@ -91,8 +91,7 @@ def require_tools() -> None:
 
 
 def _read_16k(path: Path) -> np.ndarray:
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return to_mono_16k(data, rate, path).numpy()
+    return load_audio(path).numpy()
 
 
 def speak(text: str, voice: str, engine: str, *, speed: float = 1.0, pitch: int = 50) -> np.ndarray:

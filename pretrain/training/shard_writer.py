@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from pretrain.model.audio_io import DECODE_ERRORS, AudioFileError, to_mono_16k
+from pretrain.model.audio_io import AudioFileError, open_audio, read_whole, to_mono_16k
 from pretrain.model.frontend import SAMPLE_RATE
 from pretrain.training.data import DatasetError, list_audio
 
@@ -57,11 +57,9 @@ class _ShardJob:
 
 def _encode(path: str, flac16k: bool) -> tuple[bytes, str, dict]:
     """The bytes to store for one file, their extension and the sample's metadata."""
+    with open_audio(path) as f:  # first: a FIFO or an implausible header is refused before any read
+        wav, rate = read_whole(f, path), f.samplerate
     data = Path(path).read_bytes()
-    try:
-        wav, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except DECODE_ERRORS as err:
-        raise AudioFileError(f"cannot decode: {err}") from None
     mono = to_mono_16k(wav, rate, path)  # also the empty and NaN/Inf checks training applies
     meta = {"seconds": wav.shape[0] / rate, "sample_rate": rate, "channels": wav.shape[1]}
     if not flac16k:

@@ -1,0 +1,45 @@
+"""Stopping a run whose loss or weights stop being numbers.
+
+A learning rate too large for the data, or half precision overflowing, turns the loss into NaN or
+Inf; the optimizer then writes NaN into every weight and the run would go on "training" and save
+those weights as its result. Instead the step that first sees a non-finite loss raises
+``TrainingDivergedError`` (naming the step and the learning rate), and no checkpoint is written
+from non-finite weights, so ``last.ckpt`` keeps the last good state to resume from with other
+settings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class TrainingDivergedError(ArithmeticError):
+    """The loss or the weights of a run became NaN or Inf."""
+
+
+def check_loss(loss: Tensor, *, step: int, lr: float, all_ranks_finite: bool | None = None) -> None:
+    """Raise if ``loss`` is not finite. ``all_ranks_finite``: the decision agreed by every process
+    (so that all of them stop together); by default this process's own loss decides."""
+    finite = bool(torch.isfinite(loss.detach()).all()) if all_ranks_finite is None else all_ranks_finite
+    if not finite:
+        value = float(loss.detach().float().reshape(-1)[0])
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: the loss is {value if not math.isfinite(value) else 'non-finite'} "
+            f"(learning rate {lr:.3g}); no checkpoint was written from this step. Resume from the last "
+            "checkpoint with a smaller learning rate (or float32 precision)"
+        )
+
+
+def check_weights(module: nn.Module, *, step: int) -> None:
+    """Raise if any parameter or buffer of ``module`` holds NaN or Inf (called before a checkpoint is written)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDivergedError(
+                f"training diverged by step {step}: weight '{name}' holds NaN or Inf; the checkpoint was not written"
+            )
+
+
+__all__ = ["TrainingDivergedError", "check_loss", "check_weights"]
