@@ -4,6 +4,7 @@ from pretrain.model.audio_input import AudioInputError
 from pretrain.model.checkpoint import (
     CheckpointError,
     CheckpointInfo,
+    CheckpointNotFoundError,
     EncoderSpec,
     UnsafeCheckpointError,
     inspect_checkpoint,
@@ -24,6 +25,7 @@ __all__ = [
     "AudioInputError",
     "CheckpointError",
     "CheckpointInfo",
+    "CheckpointNotFoundError",
     "EncoderSpec",
     "FAMILIES",
     "Family",

@@ -30,6 +30,7 @@ from torch import Tensor
 from pretrain.model.frontend import SAMPLE_RATE
 from pretrain.model.limits import (
     MAX_CHANNELS,
+    MAX_FILE_AMPLITUDE,
     MAX_SAMPLE_RATE,
     MAX_SAMPLES_PER_BYTE,
     MIN_SAMPLE_RATE,
@@ -154,8 +155,13 @@ def to_mono_16k(data: np.ndarray, rate: int, path: str | os.PathLike) -> Tensor:
     if data.size == 0:
         raise AudioFileError(f"audio file has no samples: {path}")
     mono = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
-    if not np.isfinite(mono).all():
+    peak = float(np.abs(mono).max())  # NaN if any sample is NaN
+    if not np.isfinite(peak):
         raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")
+    if peak > MAX_FILE_AMPLITUDE:
+        raise AudioFileError(
+            f"audio file's samples reach {peak:.3g}, not audio in [-1, 1] (a float file of raw counts?): {path}"
+        )
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate)))
 
 

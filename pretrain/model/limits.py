@@ -39,6 +39,9 @@ MAX_CHANNELS = 64
 # A header that claims more (a few-kB file announcing hours) is refused before decoding.
 MAX_SAMPLES_PER_BYTE = 4_096
 DEFAULT_MAX_AUDIO_SECONDS = 3_600.0
+# Decoded samples are in [-1, 1] for every integer format; a float file may hold raw counts (up to
+# 32,768) but not 1e20, whose power spectrum overflows float32 (from about 1e17) into NaN features.
+MAX_FILE_AMPLITUDE = 1e6
 
 
 def max_audio_seconds() -> float:
