@@ -475,3 +475,35 @@ def test_bad_crop_length(tmp_path, tiny_ckpt, value, match):
     torch.save(ckpt, tmp_path / "b.ckpt")
     with pytest.raises(CheckpointError, match=match):
         load_encoder(tmp_path / "b.ckpt")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_shared_storages_views_and_dtypes_read_as_torch_load_gives_them(tmp_path, legacy):
+    """Tied weights, slices, transposes, expand()-ed tensors and every dtype: equal to torch.load, and
+    tied weights stay one storage (read once, whatever the number of views)."""
+    big = torch.randn(300, 200)
+    tree = {
+        "tied": {"a": big, "b": big, "c": big},
+        "views": {"rows": big[10:20], "column": big[:, 3], "t": big.t(), "strided": big[::2, ::3]},
+        "expanded": torch.randn(1, 5).expand(100, 5),
+        "dtypes": {
+            "bf16": big.bfloat16(), "f16": big.half(), "f64": big.double()[:3], "i64": torch.arange(5),
+            "bool": torch.ones(3, dtype=torch.bool), "c64": torch.randn(3, dtype=torch.complex64),
+            "scalar": torch.tensor(3.0), "empty": torch.empty(0, 5),
+        },  # fmt: skip
+        "hyper_parameters": {"files": [f"clip_{i:07d}.wav" for i in range(300_000)]},  # a long file list
+    }
+    path = tmp_path / "state.pt"
+    torch.save(tree, path, _use_new_zipfile_serialization=not legacy)
+    ours, reference = read_checkpoint(path), torch.load(path, weights_only=True)
+
+    def equal(a, b) -> bool:
+        if isinstance(a, torch.Tensor):
+            return a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+        return a == b
+
+    assert equal(ours, reference)
+    tied = ours["tied"]
+    assert tied["a"].untyped_storage().data_ptr() == tied["c"].untyped_storage().data_ptr()

@@ -55,8 +55,9 @@ def test_each_hostile_file_is_refused_by_the_packages_error_naming_the_problem(b
     assert [o["call"] for o in outcomes] == list(case.calls)
     for outcome in outcomes:
         assert (outcome["error"], outcome["call"]) == (case.error, outcome["call"]), outcome["message"]
-        assert case.fragment in outcome["message"], outcome["message"]
-        assert len(outcome["message"]) < 600, "messages stay small"
+        if case.error is not None:
+            assert case.fragment in outcome["message"], outcome["message"]
+            assert len(outcome["message"]) < 600, "messages stay small"
 
 
 def test_no_hostile_file_drives_memory_past_the_budget(battery):

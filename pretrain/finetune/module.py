@@ -194,7 +194,9 @@ class FinetuneModule(pl.LightningModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_weights(self, step=self.global_step)  # no NaN checkpoint over a good one
+        check_weights(  # no NaN checkpoint over a good one; every process votes
+            self, step=self.global_step, agree=lambda ok: self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        )
 
     # --- validation ----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -81,6 +81,10 @@ def _size(source: AudioSource, name: str) -> int:
     return info.st_size
 
 
+UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that does not state its length
+READ_BLOCK_FRAMES = 1 << 16  # whole-file reads decode in blocks, mixed to mono as they come
+
+
 def _check_header(f: soundfile.SoundFile, size: int, name: str) -> None:
     rate, frames, channels = f.samplerate, f.frames, f.channels
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
@@ -92,6 +96,8 @@ def _check_header(f: soundfile.SoundFile, size: int, name: str) -> None:
         raise AudioFileError(f"{name} declares {channels} channels (1..{MAX_CHANNELS} are read)")
     if frames < 0:
         raise AudioFileError(f"{name} declares {frames} frames")
+    if frames == UNKNOWN_FRAMES:  # a streamed FLAC (total samples 0): bounded while decoding instead
+        return
     width = None if f.format in _COMPRESSED_FORMATS else _PCM_BYTES.get(f.subtype)  # FLAC says PCM_16 too
     if width is not None:
         claimed, holds = frames * channels * width, size
@@ -133,14 +139,37 @@ def open_audio(source: AudioSource, name: str | None = None) -> Iterator[soundfi
 
 
 def read_whole(f: soundfile.SoundFile, name: str) -> np.ndarray:
-    """Decode an open file entirely, ``(frames, channels)`` float32, within the duration budget."""
-    seconds, budget = f.frames / f.samplerate, max_audio_seconds()
-    if seconds > budget:
-        raise AudioFileError(
-            f"{name} lasts {seconds:,.1f} s, over the {budget:g} s read whole per file "
-            "(set ATST_MAX_AUDIO_SECONDS to allow longer files)"
-        )
-    return f.read(dtype="float32", always_2d=True)
+    """Decode an open file entirely, mixed to mono: 1-D float32 at the file's rate.
+
+    Decoded in blocks (memory: the mono signal, not all channels at once); refused past the
+    duration budget, which for a stream of unknown length is checked as it decodes."""
+    budget = max_audio_seconds()
+    limit = int(budget * f.samplerate)
+    if f.frames != UNKNOWN_FRAMES and f.frames > limit:
+        raise _over_budget(name, f.frames / f.samplerate, budget)
+    known = f.frames != UNKNOWN_FRAMES
+    mono = np.empty(f.frames if known else 0, dtype=np.float32)
+    done = 0
+    while True:
+        # ``frames`` given: formats libsndfile cannot seek in (GSM 6.10) read only with a count
+        block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        if done + block.shape[0] > limit:
+            raise _over_budget(name, (done + block.shape[0]) / f.samplerate, budget)
+        mixed = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+        if done + block.shape[0] > mono.shape[0]:
+            mono = np.concatenate([mono[:done], np.empty(max(done, READ_BLOCK_FRAMES), dtype=np.float32)])
+        mono[done : done + block.shape[0]] = mixed
+        done += block.shape[0]
+    return mono[:done]
+
+
+def _over_budget(name: str, seconds: float, budget: float) -> AudioFileError:
+    return AudioFileError(
+        f"{name} lasts {seconds:,.1f} s, over the {budget:g} s read whole per file "
+        "(set ATST_MAX_AUDIO_SECONDS to allow longer files)"
+    )
 
 
 def resample(wav: np.ndarray, rate: int) -> np.ndarray:
@@ -151,10 +180,12 @@ def resample(wav: np.ndarray, rate: int) -> np.ndarray:
 
 
 def to_mono_16k(data: np.ndarray, rate: int, path: str | os.PathLike) -> Tensor:
-    """Decoded ``(frames, channels)`` samples -> 1-D float32 at 16 kHz; errors name the file."""
+    """Decoded samples, ``(frames, channels)`` or already mono ``(frames,)``, -> 1-D float32 at
+    16 kHz; errors name the file."""
     if data.size == 0:
         raise AudioFileError(f"audio file has no samples: {path}")
-    mono = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
+    mono = data if data.ndim == 1 else data.mean(axis=1)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
     peak = float(np.abs(mono).max())  # NaN if any sample is NaN
     if not np.isfinite(peak):
         raise AudioFileError(f"audio file contains NaN or Inf samples: {path}")

@@ -14,9 +14,14 @@ MiB = 2**20
 
 # --- checkpoints: the pickle ------------------------------------------------------------------
 MAX_PICKLE_BYTES = 64 * MiB  # data.pkl once inflated, or one pickle of a legacy stream
-MAX_PICKLE_OPS = 2_000_000  # opcodes in one pickle; a Lightning training file of a base model has ~60k
+MAX_PICKLE_OPS = 4_000_000  # opcodes in one pickle; a Lightning training file of a base model has ~60k
+# what the objects a pickle builds take (estimated per opcode, before any is built): a deflated
+# data.pkl of a few kB can hold millions of opcodes that each build an empty set
+MAX_PICKLE_OBJECT_BYTES = 160 * MiB
+MAX_HASH_WORK = 8_000_000  # objects visited hashing dict keys and set members (shared ones each time)
 MAX_COPY_BYTES = 64 * MiB  # bytes the allowed constructors may copy (bytes, sets, arrays, ...) per pickle
-MAX_TREE_NODES = 1_000_000  # objects visited when the unpickled tree is made plain (shared ones each time)
+MAX_TREE_NODES = 4_000_000  # objects visited when the unpickled tree is made plain (shared ones each time)
+MAX_PLAIN_BYTES = 96 * MiB  # what the plain copies of its containers take (shared ones each time)
 MAX_NESTING = 64  # containers inside containers; a Lightning file nests about 8 deep
 MAX_TENSOR_DIMS = 8
 

@@ -50,9 +50,12 @@ import torch
 
 from pretrain.model.limits import (
     MAX_COPY_BYTES,
+    MAX_HASH_WORK,
     MAX_NESTING,
     MAX_PICKLE_BYTES,
+    MAX_PICKLE_OBJECT_BYTES,
     MAX_PICKLE_OPS,
+    MAX_PLAIN_BYTES,
     MAX_TENSOR_DIMS,
     MAX_TREE_NODES,
     MiB,
@@ -366,6 +369,25 @@ def _torch_dtype(name: str) -> torch.dtype:
     return value
 
 
+_SCALARS = (int, float, complex, str, bytes, bool)
+_SCALAR_ARGUMENTS = (int, float, complex, str, bytes, bytearray, bool, type(None))
+
+
+def _charge_hashing(items: list | tuple, what: str) -> None:
+    """Charge the objects a set or dict built from ``items`` hashes (tuples within tuples, counted
+    each time they are reached), before it hashes them; a tuple built of itself is refused."""
+    visits, todo = 0, [v for v in items if isinstance(v, tuple)]
+    while todo:
+        value = todo.pop()
+        visits += 1 + len(value)
+        if visits > MAX_TREE_NODES:
+            raise CheckpointError(f"{what} hashes objects that reach more than {MAX_TREE_NODES:,} others")
+        todo.extend(v for v in value if isinstance(v, tuple))
+    meter = _METER.get(None)
+    if meter is not None:
+        meter.charge(8 * visits, what)
+
+
 def _copying(kind: type) -> Callable[..., Any]:
     """A builtin constructor of plain data, as a function (so NEWOBJ cannot call ``kind.__new__``
     with arguments of the file's choosing), that charges what it copies; ``bytes(n)``-style sizes
@@ -376,8 +398,13 @@ def _copying(kind: type) -> Callable[..., Any]:
             raise CheckpointError(f"builtins.{kind.__name__} called with {len(args)} arguments")
         if kind in (bytes, bytearray, list, tuple, set, frozenset, dict) and args and isinstance(args[0], int):
             raise CheckpointError(f"builtins.{kind.__name__}({short_repr(args[0])}) asks for a size, not data")
+        if kind in _SCALARS and not all(isinstance(a, _SCALAR_ARGUMENTS) for a in args):
+            # str() of a container walks it whole: a list built of itself is exponential
+            raise CheckpointError(f"builtins.{kind.__name__} of a {type(args[0]).__name__}: only of plain values")
         for arg in args:
             _charge(arg, f"builtins.{kind.__name__}")
+            if kind in (set, frozenset, dict) and isinstance(arg, (list, tuple)):
+                _charge_hashing(arg, f"builtins.{kind.__name__}")
         return kind(*args)
 
     make.__name__ = kind.__name__
@@ -541,31 +568,145 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
+# Bytes CPython spends on what an opcode builds (``sys.getsizeof``, containers twice: the plain copy
+# ``_to_plain`` makes of them); other opcodes cost ``_OP_BYTES_DEFAULT``. Strings add their length.
+_OP_BYTES = {
+    "EMPTY_DICT": 128, "DICT": 128, "EMPTY_LIST": 112, "LIST": 112, "EMPTY_SET": 432, "FROZENSET": 432,
+    "EMPTY_TUPLE": 80, "TUPLE": 80, "TUPLE1": 96, "TUPLE2": 112, "TUPLE3": 128,
+    "SETITEM": 80, "APPEND": 16, "ADDITEMS": 0, "SETITEMS": 0, "APPENDS": 0,
+    "BININT": 32, "BININT1": 32, "BININT2": 32, "INT": 32, "LONG": 32, "LONG1": 32, "LONG4": 32,
+    "BINFLOAT": 24, "FLOAT": 24, "REDUCE": 64, "NEWOBJ": 64, "NEWOBJ_EX": 64, "OBJ": 64, "INST": 64,
+    "BUILD": 64, "PUT": 8, "BINPUT": 8, "LONG_BINPUT": 8, "MEMOIZE": 8,
+}  # fmt: skip
+_OP_BYTES_DEFAULT = 16
+_PER_ITEM_BYTES = {"SETITEMS": 80, "APPENDS": 16, "ADDITEMS": 64, "DICT": 80, "LIST": 16, "FROZENSET": 64, "TUPLE": 8}
 _MEMO_WRITES = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+_MEMO_READS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+_TUPLES = frozenset(("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"))
+_CALLS = frozenset(("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"))
+_MARK = object()
+_WEIGHT_CAP = MAX_TREE_NODES + 1  # past it the exact count no longer matters
+
+
+class _Weight:
+    """Objects reached through one stack item, counting shared ones each time (what a hash, a
+    comparison or a copy of it visits): a cell, so that memo entries see later APPENDs."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+
+
+def _pop_to_mark(stack: list, marks: list[int]) -> list:
+    if not marks:
+        raise CheckpointError("its pickle pops to a mark that was never set")
+    at = marks.pop()
+    items = stack[at + 1 :]
+    del stack[at:]
+    return items
 
 
 def scan_pickle(stream: io.BufferedIOBase, source: str) -> int:
-    """Walk one pickle's opcodes from ``stream`` without building anything; return its length.
+    """Run one pickle's opcodes from ``stream`` on a model of the unpickler's stack, building
+    nothing; return the pickle's length.
 
     Refuses, as ``CheckpointError``, what would make CPython's unpickler allocate more than the
-    file holds: strings or frames longer than the bytes left (``genops`` reads them and finds them
-    short), memo indices beyond the number of opcodes seen, too many opcodes, a pickle without end.
-    ``stream`` must not yield more than ``MAX_PICKLE_BYTES`` (``BoundedReader``).
+    file holds or run for hours: strings or frames longer than the bytes left (``genops`` reads
+    them and finds them short), memo indices beyond the number of opcodes seen, too many opcodes,
+    more than ``MAX_PICKLE_OBJECT_BYTES`` of objects (estimated per opcode), and objects that are
+    hashed or handed to constructors while reaching, through shared parts, more than
+    ``MAX_TREE_NODES`` objects (a tuple built of itself twice, 40 times over, takes 2^40 steps to
+    hash). ``stream`` must not yield more than ``MAX_PICKLE_BYTES`` (``BoundedReader``).
     """
     start = stream.tell()
-    ops = 0
+    ops = cost = work = 0
+    stack: list = []
+    marks: list[int] = []
+    memo: dict[int, _Weight] = {}
+
+    def hashed(items: list, what: str) -> None:
+        """``items`` are hashed (dict keys, set members): each costs the objects it reaches."""
+        nonlocal work
+        for item in items:
+            work += item.n
+            if item.n > MAX_TREE_NODES or work > MAX_HASH_WORK:
+                raise CheckpointError(
+                    f"{source}: its pickle {what} objects that reach more than "
+                    f"{min(item.n, MAX_TREE_NODES):,} others through shared parts (a structure built of itself)"
+                )
+
     try:
         for opcode, arg, _pos in pickletools.genops(stream):
             ops += 1
+            name = opcode.name
             if ops > MAX_PICKLE_OPS:
                 raise CheckpointError(f"{source}: its pickle has more than {MAX_PICKLE_OPS:,} operations")
-            if opcode.name in _MEMO_WRITES and arg > ops:
+            if name in _MEMO_WRITES and arg > ops:
                 raise CheckpointError(f"{source}: its pickle writes memo entry {arg:,} after {ops:,} operations")
-            if opcode.name == "FRAME" and arg > MAX_PICKLE_BYTES:
+            if name == "FRAME" and arg > MAX_PICKLE_BYTES:
                 raise CheckpointError(f"{source}: its pickle declares a frame of {arg:,} bytes")
-    except CheckpointError:
+            cost += _OP_BYTES.get(name, _OP_BYTES_DEFAULT) + (len(arg) if isinstance(arg, (str, bytes)) else 0)
+            # the stack: what the opcode pops, then what it pushes
+            if name == "MARK":
+                marks.append(len(stack))
+                stack.append(_MARK)
+                continue
+            if name in _MEMO_WRITES or name == "MEMOIZE":
+                if not stack:
+                    raise CheckpointError(f"{source}: its pickle memoizes an empty stack")
+                memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
+                continue
+            if name in _MEMO_READS:
+                if arg not in memo:
+                    raise CheckpointError(f"{source}: its pickle reads memo entry {arg:,}, never written")
+                stack.append(memo[arg])
+                continue
+            if name == "DUP":
+                stack.append(stack[-1])
+                continue
+            if name == "POP_MARK" or (name == "POP" and stack and stack[-1] is _MARK):
+                _pop_to_mark(stack, marks)
+                continue
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                items = _pop_to_mark(stack, marks)
+                below = [stack.pop() for _ in range(before.index(pickletools.markobject))][::-1]
+            else:
+                items, below = [stack.pop() for _ in range(len(before))][::-1], []
+            if any(item is _MARK for item in items + below):
+                raise CheckpointError(f"{source}: its pickle uses a mark as an object ({name})")
+            cost += _PER_ITEM_BYTES.get(name, 0) * len(items)
+            if name == "SETITEM":
+                hashed(items[1:2], "uses as dict keys")
+            elif name in ("SETITEMS", "DICT"):
+                hashed(items[0::2], "uses as dict keys")
+            elif name in ("ADDITEMS", "FROZENSET"):
+                hashed(items, "puts in sets")
+            if name in ("SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"):
+                target = below[0] if below else items[0]
+                added = items if below else items[1:]
+                target.n = min(target.n + sum(item.n for item in added), _WEIGHT_CAP)
+                stack.append(target)
+                continue
+            if name in _TUPLES or name in ("LIST", "DICT", "FROZENSET") or name in _CALLS:
+                # a call's result may hold its arguments (``tuple(list)``, a rebuilt object)
+                pushed = [_Weight(min(1 + sum(item.n for item in items + below), _WEIGHT_CAP))]
+            else:
+                pushed = [_Weight() for _ in opcode.stack_after]
+            stack.extend(pushed)
+            if cost > MAX_PICKLE_OBJECT_BYTES:
+                raise CheckpointError(
+                    f"{source}: its pickle builds more than {MAX_PICKLE_OBJECT_BYTES // MiB} MiB of objects "
+                    f"(after {ops:,} operations)"
+                )
+    except (CheckpointError, NameError, AttributeError):  # the latter two: this reader's own bugs, never hidden
         raise
+    except IndexError:
+        raise CheckpointError(f"{source}: its pickle pops an empty stack (malformed)") from None
     except Exception as err:  # noqa: BLE001 - genops names the malformed opcode (short strings, no STOP)
+        if getattr(stream, "left", None) == 0:
+            raise CheckpointError(f"{source}: its pickle runs past {MAX_PICKLE_BYTES // MiB} MiB") from None
         raise CheckpointError(f"{source}: its pickle is truncated or malformed ({short_repr(str(err))})") from None
     return stream.tell() - start
 
@@ -579,6 +720,13 @@ class BoundedReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int = -1) -> bytes:
+        # RawIOBase.read allocates ``size`` bytes first: a length stated in the file must not
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.file.read(size)
+        self.left -= len(data)
+        return data
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self.left)
@@ -655,7 +803,15 @@ def _to_plain(root: Any, placeholders: list[tuple[str, str]]) -> Any:
     strings; ``MAX_NESTING`` and ``MAX_TREE_NODES`` bound the work (a shared object counts each
     time it is reached, so a small file of shared containers cannot expand into a huge tree).
     """
-    visited = 0
+    visited = copied = 0
+
+    def copy(nbytes: int) -> None:
+        nonlocal copied
+        copied += nbytes
+        if copied > MAX_PLAIN_BYTES:
+            raise CheckpointError(
+                f"its containers take more than {MAX_PLAIN_BYTES // MiB} MiB to copy (counting shared ones each time)"
+            )
 
     def plain(tree: Any, where: tuple | None, depth: int) -> Any:
         nonlocal visited
@@ -677,11 +833,14 @@ def _to_plain(root: Any, placeholders: list[tuple[str, str]]) -> Any:
             placeholders.append((tree.global_name, _place(where)))
             return tree
         if isinstance(tree, Mapping):
+            copy(64 + 104 * len(tree))  # sys.getsizeof of a dict, per entry with its growth
             return {k: plain(v, (where, k), depth + 1) for k, v in tree.items()}
         if isinstance(tree, (list, tuple)):
+            copy(56 + 8 * len(tree))
             items = [plain(v, (where, i), depth + 1) for i, v in enumerate(tree)]
             return items if isinstance(tree, list) else tuple(items)
         if isinstance(tree, (set, frozenset)):
+            copy(216 + 32 * len(tree))
             return type(tree)(plain(v, (where, "{}"), depth + 1) for v in tree)
         return tree
 

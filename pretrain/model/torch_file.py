@@ -68,65 +68,56 @@ class TorchFile:
     crc: dict[str, int] = field(default_factory=dict, repr=False)
     big_endian: bool = False
 
-    read_budget: int = 0  # bytes tensors may still read or copy (``read_torch_file``: twice the file)
+    _storages: dict[str, Tensor] = field(default_factory=dict, repr=False)  # each storage is read once
 
     def check(self, ref: TensorRef) -> None:
         """Refuse a tensor whose layout does not fit its storage, before anything is read."""
-        where = f"{self.path}: a tensor over storage {short_repr(ref.storage.key)}"
         if ref.storage.key not in self.locations:
             raise CheckpointError(f"{self.path}: storage {short_repr(ref.storage.key)} is missing from the file")
         if ref.numel == 0:
             return
         extent = ref.offset + sum((n - 1) * st for n, st in zip(ref.shape, ref.stride, strict=True)) + 1
         if extent > ref.storage.numel:
-            raise CheckpointError(f"{where} reaches element {extent:,} of {ref.storage.numel:,}")
-        if ref.numel > ref.storage.numel:
             raise CheckpointError(
-                f"{where} declares {ref.numel:,} elements (shape {ref.shape}, stride {ref.stride}) over a "
-                f"storage of {ref.storage.numel:,}: an expanded view, which a checkpoint does not hold"
+                f"{self.path}: a tensor over storage {short_repr(ref.storage.key)} (shape {ref.shape}, "
+                f"stride {ref.stride}, offset {ref.offset:,}) reaches element {extent:,} of {ref.storage.numel:,}"
             )
 
     def tensor(self, ref: TensorRef) -> Tensor:
-        """Read one tensor from the file into fresh memory (only the span of its storage it covers)."""
+        """One tensor, as a view of its storage (read from the file once, whole, CRC-checked), as
+        ``torch.load`` gives it: tied weights stay tied, slices and ``expand``-ed tensors cost only
+        their storage, so no layout a file states can make a read larger than the file."""
         self.check(ref)
-        width = element_size(ref.storage.dtype)
         if ref.numel == 0:
             return torch.empty(ref.shape, dtype=ref.dtype)
-        first = ref.offset
-        last = ref.offset + sum((n - 1) * st for n, st in zip(ref.shape, ref.stride, strict=True))
-        span = self._read_span(ref.storage, first * width, (last + 1 - first) * width)
-        view = span.as_strided(ref.shape, ref.stride, 0)
-        if not view.is_contiguous():
-            self._spend(ref.nbytes, ref.storage.key)
-            view = view.clone()  # a strided slice must not keep its whole span alive
-        return view
+        return self._storage(ref.storage).as_strided(ref.shape, ref.stride, ref.offset)
 
-    def _spend(self, nbytes: int, key: str) -> None:
-        self.read_budget -= nbytes
-        if self.read_budget < 0:
-            raise CheckpointError(
-                f"{self.path}: its tensors ask for more memory than twice the file's size "
-                f"(at storage {short_repr(key)}): views of shared storages, read many times"
-            )
-
-    def _read_span(self, storage: StorageRef, start: int, nbytes: int) -> Tensor:
+    def _storage(self, storage: StorageRef) -> Tensor:
+        if storage.key in self._storages:
+            return self._storages[storage.key]
         offset, stored = self.locations[storage.key]
         width = element_size(storage.dtype)
-        if stored < storage.numel * width:
+        nbytes = storage.numel * width
+        if stored < nbytes:
             raise CheckpointError(f"{self.path} is corrupt: storage {storage.key} is shorter than its tensors")
-        self._spend(nbytes, storage.key)
-        buffer = bytearray(nbytes)
-        with open(self.path, "rb") as f:
-            f.seek(offset + start)
-            if f.readinto(buffer) != nbytes:
-                raise CheckpointError(f"{self.path} is truncated (storage {storage.key})")
+        buffer = bytearray(stored)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                complete = f.readinto(buffer) == stored
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: cannot read storage {storage.key} ({short_repr(str(err))})") from None
+        if not complete:
+            raise CheckpointError(f"{self.path} is truncated (storage {storage.key})")
         expected = self.crc.get(storage.key)
-        if expected and start == 0 and nbytes == stored and zlib.crc32(buffer) != expected:
+        if expected is not None and zlib.crc32(buffer) != expected:
             raise CheckpointError(f"{self.path} is corrupt: storage {storage.key} fails its CRC check")
-        flat = torch.frombuffer(buffer, dtype=torch.uint8)
+        flat = torch.frombuffer(buffer, dtype=torch.uint8)[:nbytes] if nbytes else torch.empty(0, dtype=torch.uint8)
         if self.big_endian and width > 1:
             flat = flat.view(-1, width).flip(1).reshape(-1)
-        return flat.view(storage.dtype)
+        typed = flat.view(storage.dtype)
+        self._storages[storage.key] = typed
+        return typed
 
     def materialize(self) -> Any:
         """The whole tree with every tensor read (small files, tests, conversions)."""
@@ -177,8 +168,9 @@ def _storage_loader(root: str, seen: dict[str, StorageRef]):
         view = pid[5] if len(pid) > 5 else None
         if view is not None:  # legacy views: (view_key, offset in elements, size) into the root storage
             readable = isinstance(view, tuple) and len(view) >= 2
-            if not readable or isinstance(view[1], bool) or not isinstance(view[1], int):
-                raise CheckpointError(f"storage {key} has an unreadable view {short_repr(view)}")
+            offset = view[1] if readable else None
+            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= numel:
+                raise CheckpointError(f"storage {key} has an unreadable view {short_repr(view)} ({numel:,} elements)")
             return StorageRef(ref.key, ref.dtype, ref.numel, view_offset=view[1])
         return ref
 
@@ -269,7 +261,7 @@ def _read_zip(path: Path) -> TorchFile:
                 )
             locations[key] = (_zip_data_offset(f, info, archive_bytes), info.file_size)
             crc[key] = info.CRC
-    return TorchFile(path, tree, placeholders, locations, crc, big_endian, read_budget=2 * archive_bytes)
+    return TorchFile(path, tree, placeholders, locations, crc, big_endian)
 
 
 def _legacy_pickle(f: io.BufferedIOBase, load_storage, source: str) -> Any:
@@ -311,7 +303,7 @@ def _read_legacy(path: Path) -> TorchFile:
                 )
             locations[key] = (f.tell(), nbytes)
             f.seek(nbytes, os.SEEK_CUR)
-    return TorchFile(path, tree, placeholders, locations, read_budget=2 * file_bytes)
+    return TorchFile(path, tree, placeholders, locations)
 
 
 def read_torch_file(path: str | os.PathLike) -> TorchFile:

@@ -11,6 +11,7 @@ settings.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -27,19 +28,31 @@ def check_loss(loss: Tensor, *, step: int, lr: float, all_ranks_finite: bool | N
     if not finite:
         value = float(loss.detach().float().reshape(-1)[0])
         raise TrainingDivergedError(
-            f"training diverged at step {step}: the loss is {value if not math.isfinite(value) else 'non-finite'} "
+            f"training diverged at step {step}: the loss is "
+            f"{value if not math.isfinite(value) else 'non-finite on another process'} "
             f"(learning rate {lr:.3g}); no checkpoint was written from this step. Resume from the last "
             "checkpoint with a smaller learning rate (or float32 precision)"
         )
 
 
-def check_weights(module: nn.Module, *, step: int) -> None:
-    """Raise if any parameter or buffer of ``module`` holds NaN or Inf (called before a checkpoint is written)."""
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TrainingDivergedError(
-                f"training diverged by step {step}: weight '{name}' holds NaN or Inf; the checkpoint was not written"
-            )
+def check_weights(module: nn.Module, *, step: int, agree: Callable[[bool], bool] | None = None) -> None:
+    """Raise if any parameter or buffer of ``module`` holds NaN or Inf (called before a checkpoint
+    is written). ``agree``: makes every process's answer the same (Lightning's
+    ``strategy.reduce_boolean_decision``), so that sharded weights stop all of them together."""
+    bad = next(
+        (
+            name
+            for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ),
+        None,
+    )
+    finite = bad is None if agree is None else agree(bad is None)
+    if not finite:
+        where = f"weight '{bad}'" if bad else "a weight on another process"
+        raise TrainingDivergedError(
+            f"training diverged by step {step}: {where} holds NaN or Inf; the checkpoint was not written"
+        )
 
 
 __all__ = ["TrainingDivergedError", "check_loss", "check_weights"]

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.model.audio_io import AUDIO_SUFFIXES, AudioFileError, open_audio, read_whole, to_mono_16k
+from pretrain.model.audio_io import (
+    AUDIO_SUFFIXES,
+    UNKNOWN_FRAMES,
+    AudioFileError,
+    open_audio,
+    read_whole,
+    to_mono_16k,
+)
 from pretrain.model.frontend import SAMPLE_RATE
 from pretrain.runs.seeds import mix_seed
 
@@ -58,23 +65,27 @@ def read_crops(
     member); ``name`` is what errors call it. The file is opened once: a short file is decoded
     (and resampled) whole, a long one only at the crops."""
     path = name or str(source)
+    rng = np.random.default_rng(seed)
+
+    def crop_starts(total: int) -> list[int]:
+        return [int(rng.integers(0, total - n_samples + 1)) if total > n_samples else 0 for _ in range(n_crops)]
+
     with open_audio(source, path) as f:
-        rate, frames = f.samplerate, f.frames
-        total = int(frames * SAMPLE_RATE / rate)
-        rng = np.random.default_rng(seed)
-        starts = [int(rng.integers(0, total - n_samples + 1)) if total > n_samples else 0 for _ in range(n_crops)]
-        if total > n_crops * n_samples:
+        rate, known = f.samplerate, f.frames != UNKNOWN_FRAMES
+        total = int(f.frames * SAMPLE_RATE / rate) if known else None
+        at_crops = known and f.seekable() and total > n_crops * n_samples
+        if at_crops:
             spans = []
-            for start in starts:
+            for start in crop_starts(total):
                 f.seek(int(start * rate / SAMPLE_RATE))
                 spans.append(f.read(math.ceil(n_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True))
-        else:
+        else:  # short, or a stream that states no length or cannot seek: decoded whole
             whole = read_whole(f, path)
-    if total > n_crops * n_samples:
+    if at_crops:
         crops = [to_mono_16k(data, rate, path)[:n_samples] for data in spans]
     else:
         wav = to_mono_16k(whole, rate, path)
-        crops = [wav[start : start + n_samples] for start in starts]
+        crops = [wav[start : start + n_samples] for start in crop_starts(len(wav) if total is None else total)]
     return torch.stack([torch.nn.functional.pad(c, (0, n_samples - c.numel())) for c in crops])
 
 
@@ -181,7 +192,7 @@ def scan_dataset(source: str | os.PathLike, *, crop_seconds: float, progress: bo
             with open_audio(path) as f:
                 rate, frames = f.samplerate, 0
                 finite, peak = True, 0.0
-                for block in f.blocks(blocksize=SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                while (block := f.read(SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True)).shape[0]:
                     frames += block.shape[0]
                     finite = finite and bool(np.isfinite(block).all())
                     peak = max(peak, float(np.abs(block).max(initial=0.0)))

@@ -101,12 +101,13 @@ class ATSTPretraining(pl.LightningModule):
         self.log("data/skipped_files", float(self.skipped_files), reduce_fx="sum", sync_dist=True)
         if self.config.log_data_order:
             self._record_order(batch)
+        agree = self.trainer.strategy.reduce_boolean_decision
         if batch["wavs"].numel() == 0:
+            agree(True, all=True)  # every process takes part in the finiteness vote, even with nothing to train
             return None
         view_a, view_b, masks = self.make_views(batch["wavs"])
         loss, std_student, std_teacher = self.model(view_a, view_b, masks)
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
-        check_loss(loss, step=step, lr=lr, all_ranks_finite=finite)
+        check_loss(loss, step=step, lr=lr, all_ranks_finite=agree(bool(torch.isfinite(loss.detach())), all=True))
         bs = view_a.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
@@ -133,8 +134,12 @@ class ATSTPretraining(pl.LightningModule):
             f.write(json.dumps(record) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_weights(self.model, step=self.global_step)  # no NaN checkpoint over a good one
+        # no NaN checkpoint over a good one (every process votes: sharded weights differ per process)
+        check_weights(self.model, step=self.global_step, agree=self._agree)
         checkpoint["skipped_files"] = self.skipped_files
+
+    def _agree(self, finite: bool) -> bool:
+        return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_files = int(checkpoint.get("skipped_files", 0))

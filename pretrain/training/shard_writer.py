@@ -58,10 +58,10 @@ class _ShardJob:
 def _encode(path: str, flac16k: bool) -> tuple[bytes, str, dict]:
     """The bytes to store for one file, their extension and the sample's metadata."""
     with open_audio(path) as f:  # first: a FIFO or an implausible header is refused before any read
-        wav, rate = read_whole(f, path), f.samplerate
+        wav, rate, channels = read_whole(f, path), f.samplerate, f.channels
     data = Path(path).read_bytes()
     mono = to_mono_16k(wav, rate, path)  # also the empty and NaN/Inf checks training applies
-    meta = {"seconds": wav.shape[0] / rate, "sample_rate": rate, "channels": wav.shape[1]}
+    meta = {"seconds": wav.shape[0] / rate, "sample_rate": rate, "channels": channels}
     if not flac16k:
         return data, Path(path).suffix.lower().lstrip("."), meta
     buffer = io.BytesIO()
