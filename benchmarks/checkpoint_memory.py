@@ -164,11 +164,13 @@ def measure(path: Path, family: str, prefix: str, section: str, loader: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="folder for the 1.46 GB files (made if missing)")
+    parser.add_argument("--out", type=Path, default=None, help="write the table as Markdown here")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
     args = parser.parse_args()
     rows, raw = [], {}
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for name, (write, family, prefix, section) in FILES.items():
             path = Path(tmp) / "file.ckpt"
