@@ -148,3 +148,22 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp
 def test_checkpoints_with_non_finite_weights_are_refused_with_the_weight_named(hostile_files):
     with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.weight .* NaN or Inf .* diverged"):
         load_encoder(hostile_files["nan_weights"])
+
+
+@pytest.mark.stack_independent
+def test_a_diverging_finetuning_run_stops_naming_the_step(tmp_path):
+    from pretrain import write_random_checkpoint
+    from pretrain.finetune.generated_tasks import make_scene_task
+    from tests.support.pretrain_runs import finetune_command
+
+    make_scene_task(tmp_path / "tasks")
+    write_random_checkpoint(tmp_path / "tiny.ckpt", "tiny")
+    command = finetune_command(
+        tmp_path / "tiny.ckpt", tmp_path / "tasks" / "synth_scene", tmp_path / "out", "--preset", "tiny",
+        "--epochs", "3", "--lr", "1e30",
+    )  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert re.search(r"error: training diverged at step \d+: the loss is (nan|inf)", out.stderr), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out" / "scores.json").exists()
