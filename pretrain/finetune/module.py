@@ -35,7 +35,7 @@ from pretrain.model.checkpoint import inspect_checkpoint
 from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.family import FAMILIES
 from pretrain.runs.augment import RandomResizeCrop
-from pretrain.runs.divergence import check_loss, check_weights
+from pretrain.runs.divergence import check_loss, check_weights, every_process
 from pretrain.runs.schedules import learning_rate
 from pretrain.runs.seeds import step_generator
 
@@ -186,17 +186,14 @@ class FinetuneModule(pl.LightningModule):
             group["lr"] = lr * group["lr_scale"]
         feats, targets = self.features(batch, augment=True)
         loss = self.loss(self.head(feats), targets)
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
-        check_loss(loss, step=self.global_step, lr=lr, all_ranks_finite=finite)
+        check_loss(loss, step=self.global_step, lr=lr, agree=every_process(self.trainer))
         size = targets.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/lr", lr, prog_bar=True, batch_size=size)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_weights(  # no NaN checkpoint over a good one; every process votes
-            self, step=self.global_step, agree=lambda ok: self.trainer.strategy.reduce_boolean_decision(ok, all=True)
-        )
+        check_weights(self, step=self.global_step, agree=every_process(self.trainer))  # no NaN checkpoint
 
     # --- validation ----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

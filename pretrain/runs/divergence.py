@@ -21,10 +21,20 @@ class TrainingDivergedError(ArithmeticError):
     """The loss or the weights of a run became NaN or Inf."""
 
 
-def check_loss(loss: Tensor, *, step: int, lr: float, all_ranks_finite: bool | None = None) -> None:
-    """Raise if ``loss`` is not finite. ``all_ranks_finite``: the decision agreed by every process
-    (so that all of them stop together); by default this process's own loss decides."""
-    finite = bool(torch.isfinite(loss.detach()).all()) if all_ranks_finite is None else all_ranks_finite
+Vote = Callable[[bool], bool]  # one process's answer -> the answer every process agrees on
+
+
+def every_process(trainer) -> Vote:
+    """The vote of a Lightning run: finite only if finite on every process, so that all of them
+    stop together (a process that skipped the vote would wait for the others forever)."""
+    return lambda finite: trainer.strategy.reduce_boolean_decision(finite, all=True)
+
+
+def check_loss(loss: Tensor, *, step: int, lr: float, agree: Vote | None = None) -> None:
+    """Raise if ``loss`` is not finite; ``agree`` (``every_process``) makes the decision common to
+    every process, else this process's own loss decides."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    finite = finite if agree is None else agree(finite)
     if not finite:
         value = float(loss.detach().float().reshape(-1)[0])
         raise TrainingDivergedError(
@@ -35,10 +45,9 @@ def check_loss(loss: Tensor, *, step: int, lr: float, all_ranks_finite: bool | N
         )
 
 
-def check_weights(module: nn.Module, *, step: int, agree: Callable[[bool], bool] | None = None) -> None:
+def check_weights(module: nn.Module, *, step: int, agree: Vote | None = None) -> None:
     """Raise if any parameter or buffer of ``module`` holds NaN or Inf (called before a checkpoint
-    is written). ``agree``: makes every process's answer the same (Lightning's
-    ``strategy.reduce_boolean_decision``), so that sharded weights stop all of them together."""
+    is written); ``agree`` as for ``check_loss`` (sharded weights differ per process)."""
     bad = next(
         (
             name
@@ -55,4 +64,4 @@ def check_weights(module: nn.Module, *, step: int, agree: Callable[[bool], bool]
         )
 
 
-__all__ = ["TrainingDivergedError", "check_loss", "check_weights"]
+__all__ = ["TrainingDivergedError", "Vote", "check_loss", "check_weights", "every_process"]

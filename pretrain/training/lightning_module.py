@@ -14,7 +14,7 @@ from pretrain.model.checkpoint import FORMAT_NAME, FORMAT_VERSION
 from pretrain.model.encoder import ATSTEncoder
 from pretrain.model.frontend import LogMelFrontEnd
 from pretrain.runs import schedules
-from pretrain.runs.divergence import check_loss, check_weights
+from pretrain.runs.divergence import check_loss, check_weights, every_process
 from pretrain.runs.seeds import step_generator
 from pretrain.training.config import PretrainConfig
 from pretrain.training.recipes import RECIPES, crop_mels
@@ -101,13 +101,12 @@ class ATSTPretraining(pl.LightningModule):
         self.log("data/skipped_files", float(self.skipped_files), reduce_fx="sum", sync_dist=True)
         if self.config.log_data_order:
             self._record_order(batch)
-        agree = self.trainer.strategy.reduce_boolean_decision
         if batch["wavs"].numel() == 0:
-            agree(True, all=True)  # every process takes part in the finiteness vote, even with nothing to train
+            every_process(self.trainer)(True)  # votes on the loss too, with nothing to train
             return None
         view_a, view_b, masks = self.make_views(batch["wavs"])
         loss, std_student, std_teacher = self.model(view_a, view_b, masks)
-        check_loss(loss, step=step, lr=lr, all_ranks_finite=agree(bool(torch.isfinite(loss.detach())), all=True))
+        check_loss(loss, step=step, lr=lr, agree=every_process(self.trainer))
         bs = view_a.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/std_student", std_student, batch_size=bs, sync_dist=True)
@@ -135,11 +134,8 @@ class ATSTPretraining(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # no NaN checkpoint over a good one (every process votes: sharded weights differ per process)
-        check_weights(self.model, step=self.global_step, agree=self._agree)
+        check_weights(self.model, step=self.global_step, agree=every_process(self.trainer))
         checkpoint["skipped_files"] = self.skipped_files
-
-    def _agree(self, finite: bool) -> bool:
-        return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_files = int(checkpoint.get("skipped_files", 0))
