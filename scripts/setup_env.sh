@@ -3,7 +3,8 @@
 #
 #   bash scripts/setup_env.sh current   # .venv-current: the newest releases: torch 2.15.0, NumPy 2.4,
 #                                       # Lightning 2.6, TensorFlow 2.21 for hear-validator; no torchaudio
-#   bash scripts/setup_env.sh harness   # .venv: torch 2.4.1 + torchaudio 2.4.1, s3prl 0.4.18, hear-eval-kit
+#   bash scripts/setup_env.sh harness   # .venv: torch 2.4.1 + torchaudio 2.4.1, s3prl 0.4.18, hear-eval-kit,
+#                                       # xares 0.1.3 (reads its tars through torchaudio: no torchcodec)
 #                                       # (s3prl needs torchaudio's sox bindings, gone since 2.9)
 #
 # Idempotent: does nothing when the stack's requirement files are unchanged since its last run.
@@ -40,7 +41,7 @@ if ! { command -v espeak-ng && command -v flite && command -v fluidsynth; } >/de
     fi
 fi
 
-want=$(cat "$LOCK" requirements/hear-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat "$LOCK" requirements/hear-nodeps.txt requirements/xares-nodeps.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.atst-requirements"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
@@ -62,6 +63,7 @@ if [ "$STACK" = harness ]; then
     pip_install "pip==24.0"
     pip_install -r "$LOCK"
     pip_install --no-deps --ignore-requires-python -r requirements/hear-nodeps.txt
+    pip_install --no-deps -r requirements/xares-nodeps.txt
     pip_install --no-deps --no-build-isolation -e .
 else
     # torch first, alone, as a user has it before installing the package. 2.15.0 is newer than the

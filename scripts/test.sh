@@ -5,7 +5,7 @@
 #   bash scripts/test.sh current [ARGS]   # one stack; ARGS go to pytest
 #   bash scripts/test.sh harness [ARGS]
 #
-# The current stack (.venv-current) runs every test that needs neither torchaudio nor s3prl; the
+# The current stack (.venv-current) runs every test that needs neither torchaudio, s3prl nor xares; the
 # harness stack (.venv) runs every test but the `stack_independent` ones (multi-process DDP, kill +
 # resume and learning runs, minutes each, which test the package and Lightning, not the stack: run
 # once, on the current stack, they keep the whole CI run near 35 minutes). Markers: pyproject.toml.
@@ -35,7 +35,7 @@ for stack in "${stacks[@]}"; do
         selection=(-m "not stack_independent")
     else
         venv=${ATST_CURRENT_VENV:-.venv-current}
-        selection=(-m "not torchaudio and not s3prl")
+        selection=(-m "not torchaudio and not s3prl and not xares")
     fi
     echo "== $stack stack: $("$venv/bin/python" -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')" >&2
     "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "${selection[@]}" "$@"

@@ -57,8 +57,12 @@ class HearTask:
     sample_duration: float | None
     folds: list[str]  # k-fold split names, empty for trainvaltest
 
+    embedding_type: str = "scene"
+
     @classmethod
-    def open(cls, root: str | Path) -> HearTask:
+    def open(cls, root: str | Path, *, events: bool = False) -> HearTask:
+        """Read a task folder's metadata and vocabulary; ``events``: accept event tasks too (the
+        X-ARES export), which fine-tuning refuses."""
         root = Path(root)
         meta_path = root / "task_metadata.json"
         if not meta_path.is_file():
@@ -67,7 +71,8 @@ class HearTask:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as err:
             raise TaskError(f"{meta_path}: not JSON ({err})") from None
-        if meta.get("embedding_type") != "scene":
+        embedding_type = meta.get("embedding_type")
+        if not (embedding_type == "scene" or (events and embedding_type == "event")):
             raise TaskError(
                 f"{root.name}: embedding_type {meta.get('embedding_type')!r}; fine-tuning covers scene tasks "
                 "(event tasks: evaluate frozen timestamp embeddings with hear-eval-kit)"
@@ -103,6 +108,7 @@ class HearTask:
             labels,
             float(duration) if duration else None,
             folds,
+            embedding_type,
         )
 
     @property

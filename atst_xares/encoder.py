@@ -1,0 +1,69 @@
+"""The X-ARES encoder for ATST-Clip and ATST-Frame checkpoints:
+``python -m xares.run --max-jobs 0 atst_xares.encoder TASK...`` with ``ATST_CHECKPOINT`` set.
+
+xares's contract (``xares.audio_encoder_checker.check_audio_encoder``, ``xares.task``): a module
+holding exactly one name ending in ``Encoder`` (imported names count, so nothing here imports one),
+an ``nn.Module`` built with no arguments, with ``sampling_rate``, ``output_dim`` and
+``hop_size_in_ms``, whose ``forward`` takes a float32 ``[B, T]`` batch at ``sampling_rate`` and
+returns ``[B, T', D]``. Settings come from the environment (``atst_xares.settings``):
+``ATST_CHECKPOINT`` (required), ``ATST_BLOCKS`` (default ``last``), ``ATST_PRECISION``.
+
+Frames are the package's per-token features (``ATSTFeatureExtractor.layer_features``: the outputs
+of the chosen blocks through the final norm, Clip's CLS left out) on its 40 ms token grid, clips
+longer than the checkpoint's crop length in chunks of it, as ``atst_hear``'s timestamp
+embeddings. Each clip is encoded at its own length (``atst_xares.padding``): frames past a clip's
+end are zeros, so a clip's frames equal the clip alone's whatever its batch, and xares's clip
+pooling (a mean over all stored frames, into a LayerNorm or a cosine kNN, both blind to scale)
+sees the clip alone's direction. ``T'`` is the token count of the padded length (mel frames of the
+centred STFT // 4), so frame targets line up across a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from atst_xares.padding import unpadded_lengths
+from atst_xares.settings import EncoderSettings, settings_from_env
+from pretrain.model.audio_input import check_batch
+from pretrain.model.encoder import PATCH_FRAMES
+from pretrain.model.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor
+from pretrain.model.frontend import SAMPLE_RATE, n_frames
+
+__all__ = ["ATSTXaresEncoder"]
+
+
+class ATSTXaresEncoder(nn.Module):
+    """An ATST checkpoint (either family, read from the file) as an X-ARES audio encoder.
+
+    Args:
+        settings: the checkpoint and options; default (what xares does): from the environment.
+    """
+
+    sampling_rate = SAMPLE_RATE
+    hop_size_in_ms = TOKEN_HOP_MS
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings_from_env() if settings is None else settings
+        self.extractor = ATSTFeatureExtractor.from_checkpoint(
+            self.settings.checkpoint, precision=self.settings.precision
+        )
+        depth, dim = self.extractor.depth, self.extractor.encoder.embed_dim
+        self.n_blocks = self.settings.n_blocks(depth)
+        self.output_dim = self.settings.width(depth, dim)
+        self.family = self.extractor.family
+        self.eval()
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """``[B, T]`` audio at 16 kHz (zero-padded) -> float32 ``[B, T', output_dim]`` on its device."""
+        audio = check_batch(audio)
+        lengths = unpadded_lengths(audio)
+        clips = [row[:n] for row, n in zip(audio, lengths.tolist(), strict=True)]
+        with torch.no_grad():
+            layers, _ = self.extractor.layer_features(clips, n_blocks=self.n_blocks)  # (B, T_max, n, D)
+        frames = layers.mean(dim=2) if self.settings.blocks == "mean" else layers.flatten(2)
+        n_out = n_frames(audio.shape[-1]) // PATCH_FRAMES
+        if frames.shape[1] < n_out:
+            frames = nn.functional.pad(frames, (0, 0, 0, n_out - frames.shape[1]))
+        return frames.to(audio.device, torch.float32)

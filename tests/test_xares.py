@@ -1,0 +1,235 @@
+"""X-ARES (xares 0.1.3, real): the encoder under xares's own checker, padding invariance with
+xares's own batch padding, the exporter's tasks run end to end by ``xares.run`` through the runner,
+and the runner's errors. Harness stack (xares reads audio through torchaudio)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from atst_hear import get_timestamp_embeddings, load_model
+from atst_xares.settings import EncoderSettings, EncoderSettingsError, settings_from_env
+from atst_xares.task import export_task
+from atst_xares.task_config import FrameTargets
+from pretrain import write_random_checkpoint
+from pretrain.finetune.generated_tasks import EVENT_LABELS, make_event_task, make_scene_task
+from pretrain.model.hear_task import TaskError
+
+pytestmark = pytest.mark.xares
+xares_checker = pytest.importorskip("xares.audio_encoder_checker", reason="xares is in the harness stack")
+
+
+def encoder_of(path: Path, blocks: str = "last", precision: str = "float32"):
+    from xares.utils import attr_from_py_path
+
+    # as xares finds it: the one name ending in "Encoder" in the module
+    cls = attr_from_py_path("atst_xares.encoder", endswith="Encoder")
+    return cls(EncoderSettings(str(path), blocks, precision))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("xares_ckpt")
+    return {f: write_random_checkpoint(root / f"{f}.ckpt", "tiny", family=f, seed=3) for f in ("clip", "frame")}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A generated scene task (4 sounds) and event task (tone / noise bursts) as xares tasks."""
+    root = tmp_path_factory.mktemp("xares_tasks")
+    make_scene_task(root / "hear", per_class=(10, 4, 4))
+    make_event_task(root / "hear", counts=(24, 6, 6))
+    return {
+        "scene": export_task(root / "hear" / "synth_scene", root / "xares", epochs=30, lr=1e-2),
+        "event": export_task(root / "hear" / "synth_event", root / "xares", epochs=40, lr=1e-2),
+        "hear": root / "hear",
+    }
+
+
+@pytest.mark.parametrize("family", ["clip", "frame"])
+def test_xares_checker_accepts_both_families(family, lightning_small_ckpt, frame_small_ckpt, monkeypatch):
+    ckpt = {"clip": lightning_small_ckpt, "frame": frame_small_ckpt}[family]
+    monkeypatch.setenv("ATST_CHECKPOINT", str(ckpt))
+    from xares.utils import attr_from_py_path
+
+    encoder = attr_from_py_path("atst_xares.encoder", endswith="Encoder")()  # no arguments, as xares builds it
+    assert encoder.family == family and encoder.output_dim == 384
+    assert xares_checker.check_audio_encoder(encoder)
+    out = encoder(torch.randn(2, 50000))
+    assert out.dtype == torch.float32 and out.shape == (2, 78, 384)
+    # all blocks: HEAR's timestamp embeddings, concatenated; the same numbers
+    wide = encoder_of(ckpt, "all")
+    assert wide.output_dim == 12 * 384 and xares_checker.check_audio_encoder(wide)
+    audio = 0.1 * torch.randn(1, 40000)
+    hear, _ = get_timestamp_embeddings(audio, load_model(str(ckpt)))
+    torch.testing.assert_close(wide(audio), hear, rtol=1e-4, atol=1e-5)
+
+
+def test_frames_do_not_depend_on_xares_padding(frame_small_ckpt, lightning_small_ckpt):
+    from xares.audiowebdataset import pad
+
+    gen = torch.Generator().manual_seed(0)
+    # 12.5 s is past Frame's 10 s crop (two chunks on the token grid); 0.7 s is a short clip
+    clips = [0.1 * torch.randn(n, generator=gen) for n in (200_000, 48_000, 11_200)]
+    batch, lengths = pad(clips)  # xares's own padding; the lengths are what xares throws away
+    for ckpt in (frame_small_ckpt, lightning_small_ckpt):
+        encoder = encoder_of(ckpt, "mean")
+        together = encoder(batch)
+        assert together.shape[1] == (batch.shape[1] // 160 + 1) // 4
+        for i, clip in enumerate(clips):
+            alone = encoder(clip[None])[0]
+            torch.testing.assert_close(together[i, : alone.shape[0]], alone, rtol=1e-4, atol=1e-5)
+            assert not together[i, alone.shape[0] :].any()  # past its end: zeros
+        # bfloat16 inside, float32 out
+        assert encoder_of(ckpt, "last", "bfloat16")(batch[:1]).dtype == torch.float32
+
+
+def test_encoder_settings_errors(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATST_CHECKPOINT", raising=False)
+    with pytest.raises(EncoderSettingsError, match="ATST_CHECKPOINT is not set"):
+        settings_from_env()
+    monkeypatch.setenv("ATST_CHECKPOINT", "x.ckpt")
+    monkeypatch.setenv("ATST_BLOCKS", "middle")
+    with pytest.raises(EncoderSettingsError, match="ATST_BLOCKS='middle'"):
+        settings_from_env()
+    foreign = tmp_path / "notes.ckpt"
+    foreign.write_text("not a checkpoint")
+    from pretrain.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        encoder_of(foreign)
+
+
+def chance_segment_f1(hear_task: Path) -> float:
+    """xares's segment F1 of predicting every label in every frame, on the test split."""
+    from xares.metrics import ALL_METRICS
+
+    metric = ALL_METRICS["segmentf1_macro"].metric(hop_size_in_ms=40.0, segment_length_in_s=1.0)
+    targets = FrameTargets(list(EVENT_LABELS), 40.0, 15.0)
+    for events in json.loads((hear_task / "test.json").read_text()).values():
+        target = targets({"events": events, "duration_ms": 4000.0}).T[None]
+        metric.update((torch.ones_like(target), target))
+    return float(metric.compute())
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("family", ["clip", "frame"])
+def test_runner_scores_clip_and_frame_tasks_above_chance(family, tiny_ckpts, exported, tmp_path):
+    work = tmp_path / "work"
+    report = tmp_path / "scores.json"
+    args = ["-m", "atst_xares.run", "--checkpoint", str(tiny_ckpts[family]), "--work", str(work), "--quiet"]
+    done = run_cli(*args, "--json", str(report), str(exported["scene"]), str(exported["event"]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(report.read_text())
+    assert scores["synth_scene"]["mlp"] > 0.6 and scores["synth_scene"]["knn"] > 0.5  # 4 classes: chance 0.25
+    assert scores["synth_scene"]["test_clips"] == 16
+    chance = chance_segment_f1(exported["hear"] / "synth_event")
+    assert scores["synth_event"]["mlp"] > chance + 0.15, (scores, chance)
+    if family == "clip":
+        return
+    # a second checkpoint under the same class gets its own folder: never the first one's cache
+    other = write_random_checkpoint(tmp_path / "other.ckpt", "tiny", family=family, seed=4)
+    again = run_cli(
+        "-m", "atst_xares.run", "--checkpoint", str(other), "--work", str(work), "--quiet", str(exported["scene"])
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    folders = sorted(p.name for p in work.iterdir())
+    assert len(folders) == 2 and {f.split("-")[0] for f in folders} == {family, "other"}
+    # the data were linked, not written: the exported folder holds no embeddings or probes
+    assert not (exported["scene"].parent / "env" / "synth_scene" / "embeddings").exists()
+
+
+def test_plain_xares_run_in_the_export_folder(tiny_ckpts, exported, tmp_path):
+    """A user's own ``python -m xares.run`` on an exported task, from its folder, as xares expects."""
+    import os
+
+    module = export_task(exported["hear"] / "synth_scene", tmp_path / "mine", epochs=30, lr=1e-2)
+    env = {**os.environ, "ATST_CHECKPOINT": str(tiny_ckpts["frame"])}
+    folder = module.parent
+    done = run_cli("-m", "xares.run", "--max-jobs", "0", "atst_xares.encoder", module.name, cwd=folder, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    score = folder / "env" / "synth_scene" / "checkpoints" / "ATSTXaresEncoder" / "mlp_score.txt"
+    assert float(score.read_text().split()[0]) > 0.6
+
+
+def test_runner_errors(tiny_ckpts, exported, tmp_path):
+    task = str(exported["scene"])
+    missing = run_cli("-m", "atst_xares.run", "--checkpoint", str(tmp_path / "none.ckpt"), task)
+    assert missing.returncode == 1 and "checkpoint not found" in missing.stderr
+    foreign = tmp_path / "foreign.ckpt"
+    foreign.write_bytes(b"PK\x03\x04 not really a zip")
+    bad = run_cli("-m", "atst_xares.run", "--checkpoint", str(foreign), task)
+    assert bad.returncode == 1 and "foreign.ckpt" in bad.stderr
+    # a task whose shard is corrupt: xares logs "Error in stage 1 (encode)" and exits 0; the runner does not
+    broken = tmp_path / "broken"
+    data = broken / "env" / "synth_scene"
+    data.mkdir(parents=True)
+    for item in (exported["scene"].parent / "env" / "synth_scene").glob("*.*"):
+        (data / item.name).write_bytes(item.read_bytes())
+    (data / "train-000000.tar").write_bytes(b"\0garbage" * 1000)
+    (broken / "synth_scene_task.py").write_text(exported["scene"].read_text())
+    failed = run_cli(
+        "-m",
+        "atst_xares.run",
+        "--checkpoint",
+        str(tiny_ckpts["clip"]),
+        "--work",
+        str(tmp_path / "w"),
+        "--quiet",
+        str(broken / "synth_scene_task.py"),
+    )
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "stage 1 (encode) lost clips: train-000000.tar is not a readable tar" in failed.stderr
+    # a task of xares's own kind whose data are not here: its stage 0 downloads from Zenodo (offline
+    # here: refused), logs the error and exits 0
+    (broken / "absent_task.py").write_text(
+        "from xares.task import TaskConfig\n\n\n"
+        "def absent_config(encoder=None):\n"
+        "    return TaskConfig(name='absent', encoder=encoder, zenodo_id='14722472', output_dim=2)\n"
+    )
+    gone = run_cli(
+        "-m",
+        "atst_xares.run",
+        "--checkpoint",
+        str(tiny_ckpts["clip"]),
+        "--work",
+        str(tmp_path / "w"),
+        "--quiet",
+        str(broken / "absent_task.py"),
+    )
+    assert gone.returncode == 1 and "xares stage 0 (download) failed" in gone.stderr, gone.stderr[-2000:]
+
+
+def test_exporter_checks_annotations_and_skips_broken_audio(tmp_path):
+    root = make_event_task(tmp_path / "hear", counts=(6, 3, 3))
+    train = json.loads((root / "train.json").read_text())
+    first, second = sorted(train)[:2]
+    (root / "16000" / "train" / first).write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")  # corrupt
+    late = train[second][0]
+    late["end"] = 9_000.0  # past the 4 s clip: cut at its end
+    (root / "train.json").write_text(json.dumps(train))
+    module = export_task(root, tmp_path / "out")
+    data = module.parent / "env" / "synth_event"
+    spec = json.loads((data / "task.json").read_text())
+    assert spec["kind"] == "frame" and spec["metric"] == "segmentf1_macro" and spec["skipped"] == {"train": [first]}
+    import webdataset as wds
+
+    samples = {s["__key__"]: json.loads(s["json"]) for s in wds.WebDataset(sorted(map(str, data.glob("train-*.tar"))))}
+    assert Path(first).stem not in samples and len(samples) == 5
+    assert max(e["end"] for e in samples[Path(second).stem]["events"]) == 4000.0
+    train[second][0]["end"] = train[second][0]["start"] - 1
+    (root / "train.json").write_text(json.dumps(train))
+    with pytest.raises(TaskError, match="ends .* before it starts"):
+        export_task(root, tmp_path / "out2")
+    train[second][0].update(end=late["start"] + 100, label="siren")
+    (root / "train.json").write_text(json.dumps(train))
+    with pytest.raises(TaskError, match="'siren' is not in labelvocabulary.csv"):
+        export_task(root, tmp_path / "out3")
