@@ -6,7 +6,7 @@ holding exactly one name ending in ``Encoder`` (imported names count, so nothing
 an ``nn.Module`` built with no arguments, with ``sampling_rate``, ``output_dim`` and
 ``hop_size_in_ms``, whose ``forward`` takes a float32 ``[B, T]`` batch at ``sampling_rate`` and
 returns ``[B, T', D]``. Settings come from the environment (``atst_xares.settings``):
-``ATST_CHECKPOINT`` (required), ``ATST_BLOCKS`` (default ``last``), ``ATST_PRECISION``.
+``ATST_CHECKPOINT`` (required), ``ATST_BLOCKS`` (default ``mean``), ``ATST_PRECISION``.
 
 Frames are the package's per-token features (``ATSTFeatureExtractor.layer_features``: the outputs
 of the chosen blocks through the final norm, Clip's CLS left out) on its 40 ms token grid, clips

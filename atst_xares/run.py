@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, help="folder holding <task name>/ data (default: beside the task module, then ./env)"
     )
     parser.add_argument(
-        "--blocks", default=DEFAULT_BLOCKS, help="last (default), all, mean, or N: the last N blocks concatenated"
+        "--blocks",
+        default=DEFAULT_BLOCKS,
+        help="mean (default: of all blocks), last, all, or N: the last N blocks concatenated",
     )
     parser.add_argument("--precision", default="float32", help="encoder precision: float32, bfloat16, float16")
     parser.add_argument("--max-jobs", type=int, help="xares's parallel tasks (default: 1 with CUDA, 0 without)")

@@ -7,10 +7,10 @@ Tasks: the four rendered-sound HEAR tasks of ``python -m pretrain probe-tasks`` 
 family, speaker, spoken commands; clip tasks, accuracy) and the generated event task (tone / noise
 bursts; a frame task, segment F1), exported with ``python -m atst_xares.task --epochs 50 --lr 1e-2``:
 xares's probe defaults (10 epochs, lr 1e-3) barely train on a few hundred clips (one or two batches
-an epoch; measured: near chance for every encoder, F1 0 on the event task). Per family: the
-pretrained checkpoint with ``--blocks last``,
-``mean`` and ``all`` (score vs stored size), and a random initialisation of the same size and seed
-(``write_random_checkpoint``) with the default blocks. Each row is one ``python -m atst_xares.run``.
+an epoch; measured: near chance for every encoder, F1 0 on the event task). Per family: a random
+initialisation of the same size and seed (``write_random_checkpoint``) with ``--blocks last``, and
+the pretrained checkpoint with ``last``, ``mean`` and ``all`` (score vs stored size). Each row is
+one ``python -m atst_xares.run``.
 """
 
 from __future__ import annotations
