@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from atst_xares.padding import unpadded_lengths
-from atst_xares.settings import EncoderSettings, settings_from_env
+from atst_xares.settings import CHECKPOINT_ENV, EncoderSettings, settings_from_env
 from pretrain.model.audio_input import check_batch
+from pretrain.model.checkpoint import CheckpointError
 from pretrain.model.encoder import PATCH_FRAMES
 from pretrain.model.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor
 from pretrain.model.frontend import SAMPLE_RATE, n_frames
@@ -45,10 +46,17 @@ class ATSTXaresEncoder(nn.Module):
 
     def __init__(self, settings: EncoderSettings | None = None) -> None:
         super().__init__()
-        self.settings = settings_from_env() if settings is None else settings
-        self.extractor = ATSTFeatureExtractor.from_checkpoint(
-            self.settings.checkpoint, precision=self.settings.precision
-        )
+        from_env = settings is None
+        self.settings = settings_from_env() if from_env else settings
+        try:
+            self.extractor = ATSTFeatureExtractor.from_checkpoint(
+                self.settings.checkpoint, precision=self.settings.precision
+            )
+        except CheckpointError as err:
+            if not from_env:
+                raise
+            # xares builds the class with no arguments: say where the path came from
+            raise type(err)(f"{CHECKPOINT_ENV}={self.settings.checkpoint}: {err}") from None
         depth, dim = self.extractor.depth, self.extractor.encoder.embed_dim
         self.n_blocks = self.settings.n_blocks(depth)
         self.output_dim = self.settings.width(depth, dim)

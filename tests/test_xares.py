@@ -97,10 +97,20 @@ def test_encoder_settings_errors(monkeypatch, tmp_path):
     monkeypatch.setenv("ATST_BLOCKS", "middle")
     with pytest.raises(EncoderSettingsError, match="ATST_BLOCKS='middle'"):
         settings_from_env()
+    monkeypatch.delenv("ATST_BLOCKS")
+    from xares.utils import attr_from_py_path
+
+    from pretrain.model.checkpoint import CheckpointError, CheckpointNotFoundError
+
+    built_by_xares = attr_from_py_path("atst_xares.encoder", endswith="Encoder")
+    monkeypatch.setenv("ATST_CHECKPOINT", str(tmp_path / "gone.ckpt"))
+    with pytest.raises(CheckpointNotFoundError, match=r"^ATST_CHECKPOINT=.*gone\.ckpt: checkpoint not found"):
+        built_by_xares()
     foreign = tmp_path / "notes.ckpt"
     foreign.write_text("not a checkpoint")
-    from pretrain.model.checkpoint import CheckpointError
-
+    monkeypatch.setenv("ATST_CHECKPOINT", str(foreign))
+    with pytest.raises(CheckpointError, match=r"^ATST_CHECKPOINT=.*notes\.ckpt: not a PyTorch checkpoint"):
+        built_by_xares()
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         encoder_of(foreign)
 
@@ -241,3 +251,35 @@ def test_exporter_checks_annotations_and_skips_broken_audio(tmp_path):
     (root / "train.json").write_text(json.dumps(train))
     with pytest.raises(TaskError, match="'siren' is not in labelvocabulary.csv"):
         export_task(root, tmp_path / "out3")
+
+
+def test_kfold_task_runs_with_xares_folds(tiny_ckpts, tmp_path):
+    """A k-fold HEAR task (new_split_kfold) keeps its folds: xares trains on the others, tests on each."""
+    root = make_scene_task(tmp_path / "hear", name="synth_folds", per_class=(6, 6, 6))
+    meta = json.loads((root / "task_metadata.json").read_text())
+    for k, split in enumerate(("train", "valid", "test")):
+        (root / f"{split}.json").rename(root / f"fold{k:02d}.json")
+        (root / "16000" / split).rename(root / "16000" / f"fold{k:02d}")
+    meta.update(split_mode="new_split_kfold", nfolds=3, splits=["fold00", "fold01", "fold02"])
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    module = export_task(root, tmp_path / "xares", epochs=30, lr=1e-2)
+    data = module.parent / "env" / "synth_folds"
+    assert sorted(p.name for p in data.glob("wds-audio-fold-fold01-*.tar")) == [
+        f"wds-audio-fold-fold01-0{i:05d}.tar" for i in range(4)
+    ]
+    assert json.loads((data / "task.json").read_text())["test_clips"] == 24
+    done = run_cli(
+        "-m",
+        "atst_xares.run",
+        "--checkpoint",
+        str(tiny_ckpts["frame"]),
+        "--work",
+        str(tmp_path / "w"),
+        "--quiet",
+        "--json",
+        str(tmp_path / "s.json"),
+        str(module),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads((tmp_path / "s.json").read_text())["synth_folds"]
+    assert scores["mlp"] > 0.5 and scores["knn"] > 0.5  # the mean over the 3 folds; chance 0.25
