@@ -15,13 +15,12 @@ import torch
 from atst_hear import get_timestamp_embeddings, load_model
 from atst_xares.settings import EncoderSettings, EncoderSettingsError, settings_from_env
 from atst_xares.task import export_task
-from atst_xares.task_config import FrameTargets
 from pretrain import write_random_checkpoint
 from pretrain.finetune.generated_tasks import EVENT_LABELS, make_event_task, make_scene_task
 from pretrain.model.hear_task import TaskError
 
+# Deselected on the current stack (-m "not xares"): this module imports xares only inside its tests.
 pytestmark = pytest.mark.xares
-xares_checker = pytest.importorskip("xares.audio_encoder_checker", reason="xares is in the harness stack")
 
 
 def encoder_of(path: Path, blocks: str = "mean", precision: str = "float32"):
@@ -53,9 +52,11 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("family", ["clip", "frame"])
 def test_xares_checker_accepts_both_families(family, lightning_small_ckpt, frame_small_ckpt, monkeypatch):
+    from xares import audio_encoder_checker as xares_checker
+    from xares.utils import attr_from_py_path
+
     ckpt = {"clip": lightning_small_ckpt, "frame": frame_small_ckpt}[family]
     monkeypatch.setenv("ATST_CHECKPOINT", str(ckpt))
-    from xares.utils import attr_from_py_path
 
     encoder = attr_from_py_path("atst_xares.encoder", endswith="Encoder")()  # no arguments, as xares builds it
     assert encoder.family == family and encoder.output_dim == 384
@@ -118,6 +119,8 @@ def test_encoder_settings_errors(monkeypatch, tmp_path):
 def chance_segment_f1(hear_task: Path) -> float:
     """xares's segment F1 of predicting every label in every frame, on the test split."""
     from xares.metrics import ALL_METRICS
+
+    from atst_xares.task_config import FrameTargets
 
     metric = ALL_METRICS["segmentf1_macro"].metric(hop_size_in_ms=40.0, segment_length_in_s=1.0)
     targets = FrameTargets(list(EVENT_LABELS), 40.0, 15.0)
