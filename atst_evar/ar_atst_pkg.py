@@ -27,4 +27,5 @@ class AR_ATST_Pkg(BaseAudioRepr):  # noqa: N801 (EVAR's naming: AR_<model>)
         return self.atst.encode_frames(batch_audio)
 
     def forward(self, batch_audio):
-        return self.atst(batch_audio)
+        # EVAR's fine-tuning sets its augmentation with set_augment_tf_feature_fn; used in training only
+        return self.atst(batch_audio, augment=self.augment_if_training)

@@ -13,7 +13,7 @@ file that does not fit the architecture is an error, never half-loaded weights).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -55,10 +55,17 @@ class EvarATST(nn.Module):
                 f"with n_blocks {self.n_blocks}: set feature_d: {self.feature_d}"
             )
 
-    def forward(self, batch_audio: Tensor) -> Tensor:
-        """``[B, samples]`` -> scene embeddings ``[B, feature_d]`` (differentiable: EVAR fine-tunes it)."""
+    def forward(self, batch_audio: Tensor, augment: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``[B, samples]`` -> scene embeddings ``[B, feature_d]`` (differentiable: EVAR fine-tunes it).
+
+        ``augment``: EVAR's fine-tuning augmentation (``BaseAudioRepr.augment_if_training``: SpecAugment
+        and random resize crop), applied to the log-mels ``[B, 1, 64, T]`` as EVAR's ATST wrapper
+        applies it to its filterbanks."""
         audio = check_batch(batch_audio)
-        return self.extractor.scene_embeddings(list(audio), n_blocks=self.n_blocks).to(audio.device)
+        mels, frames = self.extractor.mels(list(audio))
+        if augment is not None:
+            mels = augment(mels.unsqueeze(1)).squeeze(1)
+        return self.extractor.scene_embeddings_of_mels(mels, frames, n_blocks=self.n_blocks).to(audio.device)
 
     def encode_frames(self, batch_audio: Tensor) -> Tensor:
         """``[B, samples]`` -> per-token features ``[B, n_blocks * D, T]`` (40 ms apart)."""

@@ -26,13 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.model.audio_input import check_batch
-from pretrain.model.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor, center_crop
+from pretrain.model.extractor import TOKEN_CENTRE_OFFSET_MS, TOKEN_HOP_MS, ATSTFeatureExtractor, center_crop
 from pretrain.model.features import DEFAULT_CHUNKS_PER_PASS
 from pretrain.model.frontend import SAMPLE_RATE
 
 CHECKPOINT_ENV = "ATST_CHECKPOINT"
-# Token k covers frames 4k .. 4k+3 (10 ms apart); its centre is 1.5 frames after the first.
-TOKEN_CENTRE_OFFSET_MS = 15.0
 
 __all__ = ["HearATST", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
 

@@ -28,8 +28,8 @@ from atst_xares.settings import CHECKPOINT_ENV, EncoderSettings, settings_from_e
 from pretrain.model.audio_input import check_batch
 from pretrain.model.checkpoint import CheckpointError
 from pretrain.model.encoder import PATCH_FRAMES
-from pretrain.model.extractor import TOKEN_HOP_MS, ATSTFeatureExtractor
-from pretrain.model.frontend import SAMPLE_RATE, n_frames
+from pretrain.model.extractor import TOKEN_CENTRE_OFFSET_MS, TOKEN_HOP_MS, ATSTFeatureExtractor
+from pretrain.model.frontend import MIN_SAMPLES, SAMPLE_RATE, n_frames
 
 __all__ = ["ATSTXaresEncoder"]
 
@@ -43,6 +43,7 @@ class ATSTXaresEncoder(nn.Module):
 
     sampling_rate = SAMPLE_RATE
     hop_size_in_ms = TOKEN_HOP_MS
+    frame_offset_ms = TOKEN_CENTRE_OFFSET_MS  # token k is centred at 40 k + 15 ms (atst_xares.task_config reads it)
 
     def __init__(self, settings: EncoderSettings | None = None) -> None:
         super().__init__()
@@ -66,6 +67,8 @@ class ATSTXaresEncoder(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         """``[B, T]`` audio at 16 kHz (zero-padded) -> float32 ``[B, T', output_dim]`` on its device."""
         audio = check_batch(audio)
+        if audio.shape[-1] < MIN_SAMPLES:  # shorter than one token: zero-padded to one, as its clips are
+            audio = nn.functional.pad(audio, (0, MIN_SAMPLES - audio.shape[-1]))
         lengths = unpadded_lengths(audio)
         clips = [row[:n] for row, n in zip(audio, lengths.tolist(), strict=True)]
         with torch.no_grad():

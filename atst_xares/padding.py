@@ -3,9 +3,9 @@
 xares pads every batch to its longest clip and passes no lengths (``xares.audiowebdataset.pad``;
 ``XaresTask.make_encoded_tar`` keeps only the padded tensor). A clip's length is therefore taken as
 its last non-zero sample: trailing exact zeros are dropped in every batch, a clip alone included,
-so a clip's features never depend on its batch. The price: digital silence at the end of a clip
-(exact zeros, which a recording or a lossy decoder rarely gives) is not encoded; its frames come
-out as zeros, like the padding's.
+so a clip's features never depend on its batch. The price: exact zeros at the end of a clip are
+not encoded (their frames come out as zeros, like the padding's); HEAR's preprocessing pads clips
+to the task's duration with such zeros, which are then dropped too.
 """
 
 from __future__ import annotations

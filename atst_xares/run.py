@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -63,12 +64,15 @@ class XaresRunError(RuntimeError):
 
 @dataclass
 class TaskModule:
-    """A task module as xares imports it (``module``, relative to ``path_entry``) and its task name."""
+    """A task module as xares imports it (``module``, relative to ``path_entry``), its task name,
+    where its data are, the shard patterns of its splits and whether xares crops its clips."""
 
     module: str
     path_entry: str | None
     name: str
     data: Path | None  # where its audio shards are, if found
+    shard_patterns: list[str]
+    crops: bool
 
 
 def resolve_task(spec: str, data_root: Path | None) -> TaskModule:
@@ -85,15 +89,17 @@ def resolve_task(spec: str, data_root: Path | None) -> TaskModule:
     if entry is not None and entry not in sys.path:
         sys.path.insert(0, entry)  # to read the task's name here, as xares will import it there
     try:
-        name = attr_from_py_path(module, endswith="_config")(None).name
+        config = attr_from_py_path(module, endswith="_config")(None)
     except ValueError as err:
         raise XaresRunError(f"task {spec}: {err}") from None
+    name = config.name
     candidates = [data_root / name] if data_root is not None else []
     if entry is not None:
         candidates.append(Path(entry) / "env" / name)  # atst_xares.task's layout
     candidates.append(Path("env") / name)  # xares's own: ./env/<name>
     data = next((c.resolve() for c in candidates if c.is_dir()), None)
-    return TaskModule(module, entry, name, data)
+    patterns = [str(p) for p in config.audio_tar_name_of_split.values()]
+    return TaskModule(module, entry, name, data, patterns, config.crop_length is not None)
 
 
 def settings_key(checkpoint: Path, settings: EncoderSettings) -> str:
@@ -106,16 +112,37 @@ def settings_key(checkpoint: Path, settings: EncoderSettings) -> str:
     return digest.hexdigest()[:16]
 
 
+DATA_STAMP = ".atst-data"
+
+
+def _fingerprint(files: list[Path]) -> str:
+    return hashlib.sha256(
+        "\n".join(f"{f} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files).encode()
+    ).hexdigest()
+
+
 def link_task_data(task: TaskModule, env: Path) -> None:
     """Link the task's data files (shards, ready marker, task.json) into ``env/<name>/``; xares writes
-    its embeddings and probe checkpoints beside them, in the working folder only."""
+    its embeddings and probe checkpoints beside them, in the working folder only. Data that changed
+    since the folder was made (another export under the task's name, moved files) start it afresh:
+    xares would otherwise reuse the embeddings and scores of the old data."""
     target = env / task.name
-    target.mkdir(parents=True, exist_ok=True)
     if task.data is None:
+        target.mkdir(parents=True, exist_ok=True)
         return  # xares downloads it (stage 0) into the working folder
-    for item in task.data.iterdir():
-        if item.is_file() and not (target / item.name).exists():
-            (target / item.name).symlink_to(item)
+    files = sorted(item for item in task.data.iterdir() if item.is_file())
+    stamp = _fingerprint(files)
+    stamp_file = target / DATA_STAMP
+    if target.exists() and not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+        shutil.rmtree(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for item in files:
+        link = target / item.name
+        if link.is_symlink() and link.readlink() == item:
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(item)
+    (target / DATA_STAMP).write_text(stamp)
 
 
 def xares_failures(lines: list[str]) -> list[str]:
@@ -140,9 +167,10 @@ def _clips_in(shard: Path, suffix: str) -> int | None:
 def lost_clips(work: Path, task: TaskModule) -> list[str]:
     """Shards xares could not read: its WebDataset handler warns and goes on, so a corrupt shard's
     clips would silently be left out of the embeddings and the scores."""
-    audio = sorted(p for p in (work / "env" / task.name).glob("*.tar"))
-    encoded = sorted((work / "env" / task.name / "embeddings" / ENCODER_CLASS).glob("*.tar"))
-    if not audio or not encoded:
+    folder = work / "env" / task.name
+    audio = sorted({p for pattern in task.shard_patterns for p in folder.glob(pattern)})
+    encoded = sorted((folder / "embeddings" / ENCODER_CLASS).glob("*.tar"))
+    if not audio or not encoded or task.crops:  # cropped clips give several embeddings each
         return []
     problems = [f"{p.name} is not a readable tar" for p in audio if _clips_in(p, ".json") is None]
     given = sum(_clips_in(p, ".json") or 0 for p in audio)
@@ -199,7 +227,8 @@ def run_xares(
     if max_jobs is None:
         max_jobs = 1 if torch.cuda.is_available() else 0
     env = {**os.environ, **settings_env(settings)}
-    entries = [m.path_entry for m in modules if m.path_entry] + [env.get("PYTHONPATH", "")]
+    # task files' folders, and the working directory for dotted names (xares runs in the folder)
+    entries = [m.path_entry for m in modules if m.path_entry] + [os.getcwd(), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(e for e in entries if e)
     command = [sys.executable, "-m", "xares.run", "--max-jobs", str(max_jobs)]
     command += ["--from-stage", str(from_stage), "--to-stage", str(to_stage), ENCODER_MODULE]

@@ -45,11 +45,13 @@ class ClipTargets:
         self.index = {label: i for i, label in enumerate(labels)}
         self.multilabel = multilabel
 
-    def __call__(self, sample: dict) -> int | torch.Tensor:
+    def __call__(self, sample: dict) -> int | list[float]:
         if not self.multilabel:
             return self.index[sample["labels"][0]]
-        target = torch.zeros(len(self.index))
-        target[[self.index[label] for label in sample["labels"]]] = 1.0
+        # a list, not a tensor: xares's collate pads tensors into (values, lengths) pairs
+        target = [0.0] * len(self.index)
+        for label in sample["labels"]:
+            target[self.index[label]] = 1.0
         return target
 
 

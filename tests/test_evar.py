@@ -1,7 +1,8 @@
 """The EVAR plugin's features (``atst_evar.features.EvarATST``, what ``evar/ar_atst_pkg.py``
 delegates to) from the shipped configs, equal to atst_hear's on the same clips; its config checks;
 the installer on a folder laid out as an EVAR checkout. EVAR itself is not on PyPI, so CI cannot
-run it: docs/evar.md records the run against a real checkout."""
+run it (nor import ``ar_atst_pkg.py``, which imports ``evar.ar_base``): docs/xares.md#evar records
+the run against a real checkout."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def test_evar_features_equal_atst_hear(family, lightning_small_ckpt, frame_small
         torch.testing.assert_close(ar(audio), get_scene_embeddings(audio, hear), rtol=1e-4, atol=1e-6)
         frames, _ = get_timestamp_embeddings(audio, hear)
         torch.testing.assert_close(ar.encode_frames(audio), frames.transpose(1, 2), rtol=1e-4, atol=1e-6)
+
+    # EVAR's fine-tuning augmentation (SpecAugment, random resize crop) acts on [B, 1, 64, T] log-mels
+    def time_mask(mels):
+        assert mels.ndim == 4 and mels.shape[:3] == (3, 1, 64)
+        masked = mels.clone()
+        masked[..., :40] = 0.0
+        return masked
+
+    with torch.no_grad():
+        augmented = ar(audio, augment=time_mask)
+        mels, frames = ar.extractor.mels(list(audio))
+        mels[..., :40] = 0.0
+        expected = ar.extractor.scene_embeddings_of_mels(mels, frames, n_blocks=n_blocks)
+    torch.testing.assert_close(augmented, expected)
+    assert not torch.allclose(augmented, ar(audio))
     # EVAR's fine-tuning trains through forward()
     ar.train()
     ar(audio[:1]).square().mean().backward()

@@ -16,7 +16,12 @@ from atst_hear import get_timestamp_embeddings, load_model
 from atst_xares.settings import EncoderSettings, EncoderSettingsError, settings_from_env
 from atst_xares.task import export_task
 from pretrain import write_random_checkpoint
-from pretrain.finetune.generated_tasks import EVENT_LABELS, make_event_task, make_scene_task
+from pretrain.finetune.generated_tasks import (
+    EVENT_LABELS,
+    make_event_task,
+    make_multilabel_scene_task,
+    make_scene_task,
+)
 from pretrain.model.hear_task import TaskError
 
 # Deselected on the current stack (-m "not xares"): this module imports xares only inside its tests.
@@ -86,6 +91,9 @@ def test_frames_do_not_depend_on_xares_padding(frame_small_ckpt, lightning_small
             alone = encoder(clip[None])[0]
             torch.testing.assert_close(together[i, : alone.shape[0]], alone, rtol=1e-4, atol=1e-5)
             assert not together[i, alone.shape[0] :].any()  # past its end: zeros
+        # an all-zero clip and a batch shorter than one token: one token of frames each, no error
+        short = encoder(torch.zeros(2, 300))
+        assert short.shape == (2, 1, encoder.output_dim) and torch.isfinite(short).all()
         # bfloat16 inside, float32 out
         assert encoder_of(ckpt, "last", "bfloat16")(batch[:1]).dtype == torch.float32
 
@@ -155,6 +163,25 @@ def test_runner_scores_clip_and_frame_tasks_above_chance(tiny_ckpts, exported, t
     assert again.returncode == 0, again.stderr[-3000:]
     folders = sorted(p.name for p in work.iterdir())
     assert len(folders) == 2 and {f.split("-")[0] for f in folders} == {family, "other"}
+    for folder in work.iterdir():  # each scored by its own probe
+        assert (folder / "env" / "synth_scene" / "checkpoints" / "ATSTXaresEncoder" / "mlp_score.txt").is_file()
+    # other data under the task's name (a new export): the folder starts afresh, no stale embeddings
+    make_scene_task(tmp_path / "hear2", per_class=(10, 4, 2), seed=5)
+    renewed = export_task(tmp_path / "hear2" / "synth_scene", tmp_path / "xares2", epochs=30, lr=1e-2)
+    third = run_cli(
+        "-m",
+        "atst_xares.run",
+        "--checkpoint",
+        str(other),
+        "--work",
+        str(work),
+        "--quiet",
+        "--json",
+        str(report),
+        str(renewed),
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads(report.read_text())["synth_scene"]["test_clips"] == 8  # the new test split, not 16
     # the data were linked, not written: the exported folder holds no embeddings or probes
     assert not (exported["scene"].parent / "env" / "synth_scene" / "embeddings").exists()
 
@@ -166,11 +193,11 @@ def test_plain_xares_run_in_the_export_folder(tiny_ckpts, exported, tmp_path):
 
     scene = export_task(exported["hear"] / "synth_scene", tmp_path / "mine", epochs=30, lr=1e-2)
     event = export_task(exported["hear"] / "synth_event", tmp_path / "mine", epochs=40, lr=1e-2)
+    tags = export_task(make_multilabel_scene_task(tmp_path / "hear"), tmp_path / "mine", epochs=30, lr=1e-2)
     env = {**os.environ, "ATST_CHECKPOINT": str(tiny_ckpts["clip"])}
     folder = scene.parent
-    done = run_cli(
-        "-m", "xares.run", "--max-jobs", "0", "atst_xares.encoder", scene.name, event.name, cwd=folder, env=env
-    )
+    modules = [scene.name, event.name, tags.name]
+    done = run_cli("-m", "xares.run", "--max-jobs", "0", "atst_xares.encoder", *modules, cwd=folder, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
 
     def mlp_score(task: str) -> float:
@@ -179,6 +206,11 @@ def test_plain_xares_run_in_the_export_folder(tiny_ckpts, exported, tmp_path):
 
     assert mlp_score("synth_scene") > 0.6
     assert mlp_score("synth_event") > chance_segment_f1(exported["hear"] / "synth_event") + 0.15
+    # multilabel: mAP; a constant scorer's mAP is each label's frequency
+    test = json.loads((tmp_path / "hear" / "synth_tags" / "test.json").read_text())
+    labels = {label for tags_of in test.values() for label in tags_of}
+    prior = sum(sum(label in t for t in test.values()) / len(test) for label in labels) / len(labels)
+    assert mlp_score("synth_tags") > prior + 0.15, (mlp_score("synth_tags"), prior)
 
 
 def test_runner_errors(tiny_ckpts, exported, tmp_path):
@@ -189,7 +221,8 @@ def test_runner_errors(tiny_ckpts, exported, tmp_path):
     foreign.write_bytes(b"PK\x03\x04 not really a zip")
     bad = run_cli("-m", "atst_xares.run", "--checkpoint", str(foreign), task)
     assert bad.returncode == 1 and "foreign.ckpt" in bad.stderr
-    # a task whose shard is corrupt: xares logs "Error in stage 1 (encode)" and exits 0; the runner does not
+    # a task whose shard is corrupt: xares's reader skips it with a hidden warning, encodes and scores
+    # the rest and exits 0; the runner counts the clips and exits 1
     broken = tmp_path / "broken"
     data = broken / "env" / "synth_scene"
     data.mkdir(parents=True)

@@ -17,6 +17,8 @@ from pretrain.model.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontEnd
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 TOKEN_HOP_MS = 1000 * PATCH_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 40.0
+# Token k covers mel frames 4k .. 4k+3 (10 ms apart); its centre is 1.5 frames after the first.
+TOKEN_CENTRE_OFFSET_MS = 1.5 * 1000 * HOP_LENGTH / SAMPLE_RATE  # 15.0
 MIN_CHUNK_SECONDS = 0.5
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
