@@ -319,3 +319,24 @@ def test_kfold_task_runs_with_xares_folds(tiny_ckpts, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads((tmp_path / "s.json").read_text())["synth_folds"]
     assert scores["mlp"] > 0.5 and scores["knn"] > 0.5  # the mean over the 3 folds; chance 0.25
+
+
+def test_installing_the_xares_extra_keeps_torch_beside_its_torchaudio():
+    """``pip install .[xares]`` where torchaudio matches torch (docs/xares.md's order): no torch, no
+    torchaudio to install (xares asks torchaudio >= 2.2.1, which the installed one satisfies)."""
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PIP_CONSTRAINT="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--no-build-isolation"]
+        + [f"{repo}[xares]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    would_install = {item["metadata"]["name"].lower() for item in json.loads(out.stdout)["install"]}
+    assert "atst-plugins" in would_install
+    assert not would_install & {"torch", "torchaudio", "numpy"}, would_install
