@@ -11,10 +11,10 @@ from pretrain.model.extractor import PRECISIONS
 CHECKPOINT_ENV = "ATST_CHECKPOINT"
 BLOCKS_ENV = "ATST_BLOCKS"
 PRECISION_ENV = "ATST_PRECISION"
-# Measured with xares's probe on rendered-sound tasks (docs/xares.md, "Scores"; tiny-long Clip):
-# the mean over blocks scored 0.572, all blocks concatenated 0.578, the last block 0.550, and the
-# mean is 1/depth of the size (xares stores float32 [T', D] per clip: base with all 12 blocks
-# costs 922 kB per audio second, one block's width 77 kB).
+# Measured with xares's probe on rendered-sound tasks (docs/xares.md, "Scores"; tiny-long, Clip /
+# Frame): the mean over blocks scored 0.572 / 0.588, all blocks concatenated 0.578 / 0.600, the
+# last block 0.550 / 0.553, and the mean is 1/depth of the size (xares stores float32 [T', D] per
+# clip: base with all 12 blocks costs 922 kB per audio second, one block's width 77 kB).
 DEFAULT_BLOCKS = "mean"
 
 
