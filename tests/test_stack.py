@@ -3,17 +3,16 @@ install without extras, from the repository alone."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+
+from tests.support.pip_install import REPO, USER_PIP, would_install
 
 
 def test_core_runs_with_torchaudio_unimportable(tiny_ckpt):
@@ -43,25 +42,12 @@ def test_installed_requirements_name_no_torchaudio_outside_the_s3prl_extra():
 
 # --- installing beside the user's torch ---------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-# This machine kind's pip configuration caps torch at the releases it keeps on disk; a user's pip has
-# no such cap, so the installs below run without it.
-USER_PIP = dict(os.environ, PIP_CONSTRAINT="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
-
 
 def test_installing_the_package_keeps_the_installed_torch():
     """What `pip install .[pretrain]` would install here, beside this stack's torch: not torch."""
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--no-build-isolation"]
-        + [f"{REPO}[pretrain]"],
-        capture_output=True,
-        text=True,
-        env=USER_PIP,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    would_install = {item["metadata"]["name"].lower() for item in json.loads(out.stdout)["install"]}
-    assert "atst-plugins" in would_install
-    assert not would_install & {"torch", "torchaudio", "numpy"}, would_install
+    installs = would_install("pretrain")
+    assert "atst-plugins" in installs
+    assert not installs & {"torch", "torchaudio", "numpy"}, installs
 
 
 def test_the_repository_reads_and_cites_nothing_outside_it():
@@ -110,8 +96,11 @@ def test_core_install_in_a_fresh_venv(tmp_path):
     soundfile.write(tmp_path / "a.wav", 0.1 * np.sin(np.arange(22050) / 7.0), 22050)
     embedded = run("-m", "pretrain", "embed", "m.ckpt", "a.wav")
     assert embedded.returncode == 0 and "scene embedding (768,)" in embedded.stdout, embedded.stderr
-    hear = run("-c", "import atst_hear, atst_upstream.hubconf, torch; m = atst_hear.load_model('m.ckpt'); "
-               "print(tuple(atst_hear.get_scene_embeddings(torch.zeros(1, 16000), m).shape))")
+    hear = run(
+        "-c",
+        "import atst_hear, atst_upstream.hubconf, torch; m = atst_hear.load_model('m.ckpt'); "
+        "print(tuple(atst_hear.get_scene_embeddings(torch.zeros(1, 16000), m).shape))",
+    )
     assert hear.returncode == 0 and hear.stdout.strip() == "(1, 768)", hear.stderr
     assert run("-m", "pretrain", "train", "--help").returncode == 0
 
@@ -136,7 +125,10 @@ def test_no_source_file_is_hidden_by_gitignore():
     folders = ["pretrain", "atst_hear", "atst_upstream", "tests", "benchmarks", "scripts", "docs"]
     out = subprocess.run(
         ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     hidden = [name for name in out.stdout.split() if name.endswith((".py", ".md", ".yaml", ".json", ".npz", ".sh"))]
     assert not hidden

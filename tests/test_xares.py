@@ -142,13 +142,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def run_runner(checkpoint: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m atst_xares.run --checkpoint CHECKPOINT --work WORK --quiet ARGS...``"""
+    return run_cli("-m", "atst_xares.run", "--checkpoint", str(checkpoint), "--work", str(work), "--quiet", *args)
+
+
 def test_runner_scores_clip_and_frame_tasks_above_chance(tiny_ckpts, exported, tmp_path):
     """ATST-Frame through the runner; ATST-Clip through xares itself (the next test)."""
     family = "frame"
     work = tmp_path / "work"
     report = tmp_path / "scores.json"
-    args = ["-m", "atst_xares.run", "--checkpoint", str(tiny_ckpts[family]), "--work", str(work), "--quiet"]
-    done = run_cli(*args, "--json", str(report), str(exported["scene"]), str(exported["event"]))
+    done = run_runner(tiny_ckpts[family], work, "--json", str(report), str(exported["scene"]), str(exported["event"]))
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads(report.read_text())
     assert scores["synth_scene"]["mlp"] > 0.6 and scores["synth_scene"]["knn"] > 0.5  # 4 classes: chance 0.25
@@ -157,9 +161,7 @@ def test_runner_scores_clip_and_frame_tasks_above_chance(tiny_ckpts, exported, t
     assert scores["synth_event"]["mlp"] > chance + 0.15, (scores, chance)
     # a second checkpoint under the same class gets its own folder: never the first one's cache
     other = write_random_checkpoint(tmp_path / "other.ckpt", "tiny", family=family, seed=4)
-    again = run_cli(
-        "-m", "atst_xares.run", "--checkpoint", str(other), "--work", str(work), "--quiet", str(exported["scene"])
-    )
+    again = run_runner(other, work, str(exported["scene"]))
     assert again.returncode == 0, again.stderr[-3000:]
     folders = sorted(p.name for p in work.iterdir())
     assert len(folders) == 2 and {f.split("-")[0] for f in folders} == {family, "other"}
@@ -168,18 +170,7 @@ def test_runner_scores_clip_and_frame_tasks_above_chance(tiny_ckpts, exported, t
     # other data under the task's name (a new export): the folder starts afresh, no stale embeddings
     make_scene_task(tmp_path / "hear2", per_class=(10, 4, 2), seed=5)
     renewed = export_task(tmp_path / "hear2" / "synth_scene", tmp_path / "xares2", epochs=30, lr=1e-2)
-    third = run_cli(
-        "-m",
-        "atst_xares.run",
-        "--checkpoint",
-        str(other),
-        "--work",
-        str(work),
-        "--quiet",
-        "--json",
-        str(report),
-        str(renewed),
-    )
+    third = run_runner(other, work, "--json", str(report), str(renewed))
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads(report.read_text())["synth_scene"]["test_clips"] == 8  # the new test split, not 16
     # the data were linked, not written: the exported folder holds no embeddings or probes
@@ -230,16 +221,7 @@ def test_runner_errors(tiny_ckpts, exported, tmp_path):
         (data / item.name).write_bytes(item.read_bytes())
     (data / "train-000000.tar").write_bytes(b"\0garbage" * 1000)
     (broken / "synth_scene_task.py").write_text(exported["scene"].read_text())
-    failed = run_cli(
-        "-m",
-        "atst_xares.run",
-        "--checkpoint",
-        str(tiny_ckpts["clip"]),
-        "--work",
-        str(tmp_path / "w"),
-        "--quiet",
-        str(broken / "synth_scene_task.py"),
-    )
+    failed = run_runner(tiny_ckpts["clip"], tmp_path / "w", str(broken / "synth_scene_task.py"))
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert "stage 1 (encode) lost clips: train-000000.tar is not a readable tar" in failed.stderr
     # a task of xares's own kind whose data are not here: its stage 0 downloads from Zenodo (offline
@@ -249,16 +231,7 @@ def test_runner_errors(tiny_ckpts, exported, tmp_path):
         "def absent_config(encoder=None):\n"
         "    return TaskConfig(name='absent', encoder=encoder, zenodo_id='14722472', output_dim=2)\n"
     )
-    gone = run_cli(
-        "-m",
-        "atst_xares.run",
-        "--checkpoint",
-        str(tiny_ckpts["clip"]),
-        "--work",
-        str(tmp_path / "w"),
-        "--quiet",
-        str(broken / "absent_task.py"),
-    )
+    gone = run_runner(tiny_ckpts["clip"], tmp_path / "w", str(broken / "absent_task.py"))
     assert gone.returncode == 1 and "xares stage 0 (download) failed" in gone.stderr, gone.stderr[-2000:]
 
 
@@ -304,18 +277,7 @@ def test_kfold_task_runs_with_xares_folds(tiny_ckpts, tmp_path):
         f"wds-audio-fold-fold01-0{i:05d}.tar" for i in range(4)
     ]
     assert json.loads((data / "task.json").read_text())["test_clips"] == 24
-    done = run_cli(
-        "-m",
-        "atst_xares.run",
-        "--checkpoint",
-        str(tiny_ckpts["frame"]),
-        "--work",
-        str(tmp_path / "w"),
-        "--quiet",
-        "--json",
-        str(tmp_path / "s.json"),
-        str(module),
-    )
+    done = run_runner(tiny_ckpts["frame"], tmp_path / "w", "--json", str(tmp_path / "s.json"), str(module))
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads((tmp_path / "s.json").read_text())["synth_folds"]
     assert scores["mlp"] > 0.5 and scores["knn"] > 0.5  # the mean over the 3 folds; chance 0.25
@@ -324,19 +286,8 @@ def test_kfold_task_runs_with_xares_folds(tiny_ckpts, tmp_path):
 def test_installing_the_xares_extra_keeps_torch_beside_its_torchaudio():
     """``pip install .[xares]`` where torchaudio matches torch (docs/xares.md's order): no torch, no
     torchaudio to install (xares asks torchaudio >= 2.2.1, which the installed one satisfies)."""
-    import os
+    from tests.support.pip_install import would_install
 
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PIP_CONSTRAINT="/dev/null", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--no-build-isolation"]
-        + [f"{repo}[xares]"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    would_install = {item["metadata"]["name"].lower() for item in json.loads(out.stdout)["install"]}
-    assert "atst-plugins" in would_install
-    assert not would_install & {"torch", "torchaudio", "numpy"}, would_install
+    installs = would_install("xares")
+    assert "atst-plugins" in installs
+    assert not installs & {"torch", "torchaudio", "numpy"}, installs
