@@ -255,7 +255,9 @@ def test_bad_task_folders_give_clear_errors(tiny_checkpoint, tasks, tmp_path, ca
     event = _copy(tasks / "synth_scene", tmp_path / "c")
     meta = json.loads((event / "task_metadata.json").read_text())
     (event / "task_metadata.json").write_text(json.dumps({**meta, "embedding_type": "event"}))
-    assert "fine-tuning covers scene tasks" in error_of(event)
+    assert "event 0 must have label, start and end (ms), got 'tone'" in error_of(event)  # clip labels, not events
+    (event / "task_metadata.json").write_text(json.dumps({**meta, "embedding_type": "frames"}))
+    assert "embedding_type 'frames'; expected 'scene' or 'event'" in error_of(event)
     assert "checkpoint not found" in error_of(tasks / "synth_scene", tmp_path / "none.ckpt")
     single = _copy(tasks / "synth_scene", tmp_path / "d")
     labels = json.loads((single / "train.json").read_text())

@@ -170,3 +170,41 @@ def event_scores(
         "event_onset_200ms_recall": onset["recall"],
         "segment_1s_er": segment_error_rate(reference, estimated, labels),
     }
+
+
+# hear-eval-kit's grid when a task's metadata sets none (``task_predictions.py``)
+HEAREVAL_POSTPROCESSING_GRID = {"median_filter_ms": [250.0], "min_duration": [125.0, 250.0]}
+SELECTION_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+def decoding_grid(grid: Mapping[str, Sequence[float]] | None) -> list[Decoding]:
+    """Every (threshold, median filter, minimum duration) to try: the thresholds 0.1 .. 0.9 and the
+    task's ``event_postprocessing_grid`` (hear-eval-kit's default where it has none)."""
+    grid = grid or HEAREVAL_POSTPROCESSING_GRID
+    return [
+        Decoding(threshold, float(median), float(minimum))
+        for threshold in SELECTION_THRESHOLDS
+        for median in grid.get("median_filter_ms", [0.0])
+        for minimum in grid.get("min_duration", [0.0])
+    ]
+
+
+def choose_decodings(
+    posteriors: Mapping[str, np.ndarray],
+    reference: Mapping[str, Sequence[Event]],
+    labels: Sequence[str],
+    candidates: Sequence[Decoding],
+) -> list[Decoding]:
+    """Per class, the candidate with the best onset F-measure of that class on ``reference`` (the
+    validation split; the first of equals, a class never detected scoring 0)."""
+    chosen = []
+    for c, label in enumerate(labels):
+        best, best_f = candidates[0], -1.0
+        for decoding in candidates:
+            estimated = {f: posteriors_to_events(p[:, [c]], [label], [decoding]) for f, p in posteriors.items()}
+            f_measure = onset_scores(reference, estimated, [label])["class_f_measure"][label]
+            f_measure = f_measure if math.isfinite(f_measure) else 0.0
+            if f_measure > best_f:
+                best, best_f = decoding, f_measure
+        chosen.append(best)
+    return chosen

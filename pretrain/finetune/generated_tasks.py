@@ -94,20 +94,57 @@ def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: floa
                 events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + length) / SR})
             files[f"clip_{i:03d}.wav"] = (audio, events)
         splits[split] = files
-    metadata = {
+    return write_task(tasks_dir / name, event_metadata(name, list(SPLITS), seconds), list(EVENT_LABELS), splits)
+
+
+def event_metadata(name: str, splits: list[str], seconds: float, grid: dict | None = None) -> dict:
+    """``task_metadata.json`` of a trainvaltest event task (hear-eval-kit's event scores)."""
+    return {
         "task_name": name,
         "version": "synthetic-1",
         "embedding_type": "event",
         "prediction_type": "multilabel",
         "split_mode": "trainvaltest",
-        "splits": list(SPLITS),
+        "splits": splits,
         "sample_duration": seconds,
         "evaluation": ["event_onset_200ms_fms", "segment_1s_er"],
         "evaluation_params": {
-            "event_postprocessing_grid": {"median_filter_ms": [160], "min_duration": [80, 160]},
+            "event_postprocessing_grid": grid or {"median_filter_ms": [160], "min_duration": [80, 160]},
         },
     }
-    return write_task(tasks_dir / name, metadata, list(EVENT_LABELS), splits)
+
+
+PATTERN_LABELS = ("tone_then_noise", "noise_then_tone")
+
+
+def make_pattern_event_task(
+    tasks_dir: Path, *, name: str = "synth_patterns", seconds: float = 3.0, counts=(48, 16, 16), seed=4
+) -> Path:
+    """Event task whose events are defined by a temporal pattern: a tone burst followed at once by a
+    noise burst, or the reverse (each part 0.2-0.3 s, pitch and level varied; one event spans both
+    parts). Every token of an event looks like a token of the other class: only the order around it
+    tells them apart, which a frozen random encoder's tokens barely carry and a per-token head cannot
+    see. Two patterns per clip, one in each half, labels drawn independently."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    splits = {}
+    for split, count in zip(SPLITS, counts, strict=True):
+        files = {}
+        for i in range(count):
+            audio = 0.002 * rng.standard_normal(n)
+            events = []
+            for half in range(2):
+                label = PATTERN_LABELS[int(rng.integers(0, 2))]
+                part = int(rng.uniform(0.2, 0.3) * SR)
+                start = half * n // 2 + int(rng.integers(0, n // 2 - 2 * part))
+                first, second = ("tone", "noise") if label == PATTERN_LABELS[0] else ("noise", "tone")
+                level = rng.uniform(0.5, 1.0)
+                audio[start : start + part] += level * _shaped(rng, first, part)
+                audio[start + part : start + 2 * part] += level * _shaped(rng, second, part)
+                events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + 2 * part) / SR})
+            files[f"clip_{i:03d}.wav"] = (audio, events)
+        splits[split] = files
+    return write_task(tasks_dir / name, event_metadata(name, list(SPLITS), seconds), list(PATTERN_LABELS), splits)
 
 
 ORDER_LABELS = ("tone_then_noise", "noise_then_tone")

@@ -50,6 +50,39 @@ class FinetuneConfig:
     frozen_lr: float = setting(0.1, "frozen baseline: learning rate", low=0.0, low_open=True)
     frozen_epochs: int = setting(100, "frozen baseline: length", unit="epochs", low=1)
     frozen_batch_size: int = setting(1024, "frozen baseline: batch", unit="clips", low=1)
+    # --- event tasks (sound event detection): ATST-SED's two stages (Shao et al., ICASSP 2024;
+    # Audio-WestlakeU/ATST-SED train/confs/stage1.yaml, stage2.yaml); docs/finetuning.md#event-tasks
+    sed_head: str = setting(
+        "bigru", "event tasks: the per-token head: bigru (ATST-SED's: Linear D->128, 2-layer BiGRU of 128, dropout "
+        "0.5, Linear) or linear (one Linear per token, as hear-eval-kit's probe)", choices=("bigru", "linear"),
+    )
+    sed_gru_cells: int = setting(128, "event tasks: BiGRU cells per direction (and the merge layer's width)", low=1)
+    sed_gru_layers: int = setting(2, "event tasks: BiGRU layers", low=1)
+    sed_dropout: float = setting(0.5, "event tasks: dropout after the BiGRU", low=0.0, high=1.0, high_open=True)
+    sed_batch_size: int = setting(
+        48, "event tasks: clips per device and step (ATST-SED stage 2: 24 strong + 24 synthetic)", unit="clips", low=1
+    )
+    sed_stage1_epochs: int = setting(
+        200, "event tasks, stage 1: the head on the frozen encoder's last block (0: no stage 1)", unit="epochs", low=0
+    )
+    sed_stage1_warmup_epochs: int = setting(
+        50, "event tasks, stage 1: exponential warm-up, then a constant lr", unit="epochs", low=0
+    )
+    sed_stage1_lr: float = setting(1e-3, "event tasks, stage 1: Adam lr of the head", low=0.0, low_open=True)
+    sed_stage2_epochs: int = setting(
+        250, "event tasks, stage 2: encoder and head together (0: stop after stage 1)", unit="epochs", low=0
+    )
+    sed_stage2_warmup_epochs: int = setting(
+        10, "event tasks, stage 2: exponential warm-up, then cosine to 0.1 x the peak", unit="epochs", low=0
+    )
+    sed_stage2_lr: float = setting(2e-3, "event tasks, stage 2: Adam lr of the head", low=0.0, low_open=True)
+    sed_encoder_lr: float = setting(
+        2e-4, "event tasks, stage 2: Adam lr of the encoder's final norm; block i of D gets it x "
+        "sed_layer_decay ** (D - i), the embeddings x sed_layer_decay ** (D + 1)", low=0.0, low_open=True,
+    )
+    sed_layer_decay: float = setting(
+        0.5, "event tasks, stage 2: layer-wise lr decay of the encoder", low=0.0, high=1.0, low_open=True
+    )
     seed: int = setting(0, "seeds the head, the data order, mixup and drop path", official=False)
     devices: str = setting("auto", "devices per node: auto, a count, or indices such as 0,1", official=False)
     num_nodes: int = setting(1, "machines of the run", low=1, official=False)
@@ -86,8 +119,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "frozen_epochs": 30,
         "frozen_batch_size": 32,
         "log_every": 1,
+        "sed_batch_size": 8,
+        "sed_stage1_epochs": 20,
+        "sed_stage1_warmup_epochs": 2,
+        "sed_stage2_epochs": 20,
+        "sed_stage2_warmup_epochs": 2,
     },
 }
+# Event tasks: the dataclass defaults are ATST-SED's (DESED, stage1.yaml / stage2.yaml); "atst-sed"
+# names them. Scene presets leave them at those defaults.
+PRESETS["atst-sed"] = {}
 
 
 OFFICIAL_PRESETS = ("default", "as20k", "fsd50k", "spcv2", "us8k", "nsynth", "voxceleb1")
@@ -97,14 +138,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="any checkpoint the package reads, or a registered name"
     )
-    parser.add_argument("--task", type=Path, required=True, help="a HEAR 2021 task folder (scene task)")
+    parser.add_argument(
+        "--task", type=Path, required=True, help="a HEAR 2021 task folder: a scene task (clip labels) or an event "
+        "task (onsets and offsets); its metadata's embedding_type decides"
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, scores.json")
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default="default",
         help="starting values: default (the official recipe), the official tasks' scripts (as20k, fsd50k, spcv2, "
-        "us8k, nsynth, voxceleb1), or tiny (this project's, minutes on two CPU cores)",
+        "us8k, nsynth, voxceleb1), atst-sed (event tasks: ATST-SED's two stages, the defaults), or tiny (this "
+        "project's, minutes on two CPU cores)",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of settings, applied over the preset")
     settings.add_arguments(parser, FinetuneConfig, PRESETS, OFFICIAL_PRESETS)
@@ -115,4 +160,6 @@ def from_arguments(args: argparse.Namespace) -> FinetuneConfig:
     config = settings.from_arguments(args, FinetuneConfig, PRESETS, args.preset)
     if config.warmup_epochs >= config.epochs:
         raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must be below epochs ({config.epochs})")
+    if config.sed_stage1_epochs == 0 and config.sed_stage2_epochs == 0:
+        raise ValueError("sed_stage1_epochs and sed_stage2_epochs are both 0: an event task needs one stage")
     return config

@@ -1,4 +1,5 @@
-"""Running fine-tuning (and the frozen baseline) on every round of a HEAR task.
+"""Running fine-tuning (and the frozen baseline) on every round of a HEAR task (scene tasks here,
+event tasks in ``pretrain.finetune.event_run``).
 
 Layout of ``OUT``: ``{finetune,frozen}/<round>/`` per round (``trainvaltest`` or the test fold's
 name) with ``checkpoints/`` (``best.ckpt`` selected on the validation split, ``last.ckpt``),
@@ -17,11 +18,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pretrain.finetune.event_run import run_event_round
+from pretrain.finetune.loop import EpochBatches, make_trainer
 from pretrain.finetune.metrics import task_scores
 from pretrain.finetune.module import FinetuneModule, steps_per_epoch
 from pretrain.finetune.recipe import FinetuneConfig
@@ -30,8 +31,6 @@ from pretrain.model.extractor import ATSTFeatureExtractor
 from pretrain.model.hear_task import HearTask, Split, TaskError
 from pretrain.model.registry import resolve_checkpoint
 from pretrain.runs.plot import plot_run
-from pretrain.runs.seeds import mix_seed
-from pretrain.runs.settings import lightning_devices
 
 log = logging.getLogger(__name__)
 CURVES = ["train/loss", "train/lr", "valid/score"]
@@ -60,30 +59,6 @@ def _collate(items: list[tuple[Tensor, Tensor]], *, features: bool) -> dict[str,
     return {"wavs": wavs, "lengths": lengths, "targets": torch.stack(targets)}
 
 
-class EpochBatches(Sampler[list[int]]):
-    """Full batches of a seeded permutation per epoch, each rank its share: a resumed run (from an
-    epoch-end checkpoint) sees the epochs an uninterrupted run would."""
-
-    def __init__(self, n: int, batch_size: int, *, seed: int, world: int = 1) -> None:
-        self.n, self.batch_size, self.seed, self.world = n, batch_size, seed, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        order = np.random.default_rng(mix_seed(self.seed, "finetune", self.epoch)).permutation(self.n)
-        mine = order[rank :: self.world][: self.n // self.world]
-        batch = min(self.batch_size, len(mine))
-        for first in range(0, len(mine) - batch + 1, batch):
-            yield mine[first : first + batch].tolist()
-
-    def __len__(self) -> int:
-        mine = self.n // self.world
-        return max(mine // min(self.batch_size, mine), 1)
-
-
 def _frozen_features(checkpoint: str, splits: list[Split]) -> list[Tensor]:
     """The official linear evaluation's features (all blocks) of each split, computed once."""
     extractor = ATSTFeatureExtractor.from_checkpoint(checkpoint)
@@ -97,33 +72,6 @@ def _frozen_features(checkpoint: str, splits: list[Split]) -> list[Tensor]:
             ]
             out.append(torch.cat(rows))
     return out
-
-
-def _trainer(config: FinetuneConfig, run_dir: Path, epochs: int) -> tuple[pl.Trainer, ModelCheckpoint]:
-    best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="valid/score", mode="max", save_last=True
-    )
-    trainer = pl.Trainer(
-        accelerator=config.accelerator,
-        devices=lightning_devices(config.devices),
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,
-        max_epochs=epochs,
-        accumulate_grad_batches=config.accumulate_grad_batches,
-        gradient_clip_val=config.clip_grad,
-        use_distributed_sampler=False,
-        callbacks=[best],
-        logger=[
-            TensorBoardLogger(run_dir, name="tensorboard"),
-            CSVLogger(run_dir, name="csv", flush_logs_every_n_steps=config.log_every),
-        ],
-        log_every_n_steps=config.log_every,
-        num_sanity_val_steps=0,
-        default_root_dir=run_dir,
-        enable_model_summary=False,
-    )
-    return trainer, best
 
 
 def _predict(module: FinetuneModule, loader: DataLoader) -> Tensor:
@@ -160,7 +108,7 @@ def run_round(
         raise TaskError(f"{task.name}: {len(train.targets)} readable training clip(s); fine-tuning needs at least 2")
     inputs = _frozen_features(checkpoint, [train, valid, test]) if frozen else [train.wavs, valid.wavs, test.wavs]
     epochs, batch = (config.frozen_epochs, config.frozen_batch_size) if frozen else (config.epochs, config.batch_size)
-    trainer, best = _trainer(config, run_dir, epochs)
+    trainer, best = make_trainer(config, run_dir, epochs)
     world = trainer.world_size
 
     def loader(i: int, split: Split, sampler: Sampler | None = None) -> DataLoader:
@@ -218,7 +166,8 @@ def run_round(
 def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, config: FinetuneConfig) -> dict[str, Any]:
     """Every round of the task in the chosen modes; returns (and writes to ``OUT/scores.json``) the
     scores: per round, the k-fold mean, fine-tuned and frozen side by side."""
-    task = HearTask.open(task_dir)
+    task = HearTask.open(task_dir, events=True)
+    run = run_event_round if task.embedding_type == "event" else run_round
     checkpoint = resolve_checkpoint(checkpoint)  # a registered name: fetched once, here, before any worker starts
     spec = inspect_checkpoint(checkpoint).spec  # missing, a directory, unusable: fails here, before any training
     modes = ["frozen"] if config.freeze else (["finetune", "frozen"] if config.baseline else ["finetune"])
@@ -233,7 +182,7 @@ def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, conf
     }
     for mode in modes:
         rounds = [
-            run_round(
+            run(
                 task,
                 name,
                 train,
@@ -252,6 +201,7 @@ def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, conf
             "metric": metric,
             "test_mean": float(np.mean(values)),
             "test_std": float(np.std(values)),
+            "test_means": {k: float(np.mean([r["test_scores"][k] for r in rounds])) for k in rounds[0]["test_scores"]},
             "rounds": rounds,
         }
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:

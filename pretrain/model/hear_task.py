@@ -58,11 +58,12 @@ class HearTask:
     folds: list[str]  # k-fold split names, empty for trainvaltest
 
     embedding_type: str = "scene"
+    evaluation_params: dict | None = None  # event tasks: hear-eval-kit's event_postprocessing_grid
 
     @classmethod
     def open(cls, root: str | Path, *, events: bool = False) -> HearTask:
-        """Read a task folder's metadata and vocabulary; ``events``: accept event tasks too (the
-        X-ARES export), which fine-tuning refuses."""
+        """Read a task folder's metadata and vocabulary; ``events``: accept event tasks too
+        (fine-tuning, the X-ARES export); the online probe reads scene tasks only."""
         root = Path(root)
         meta_path = root / "task_metadata.json"
         if not meta_path.is_file():
@@ -74,8 +75,8 @@ class HearTask:
         embedding_type = meta.get("embedding_type")
         if not (embedding_type == "scene" or (events and embedding_type == "event")):
             raise TaskError(
-                f"{root.name}: embedding_type {meta.get('embedding_type')!r}; fine-tuning covers scene tasks "
-                "(event tasks: evaluate frozen timestamp embeddings with hear-eval-kit)"
+                f"{root.name}: embedding_type {meta.get('embedding_type')!r}; "
+                + ("expected 'scene' or 'event'" if events else "a scene task is needed here")
             )
         if meta.get("prediction_type") not in PREDICTION_TYPES:
             raise TaskError(f"{root.name}: prediction_type must be one of {PREDICTION_TYPES}")
@@ -109,6 +110,7 @@ class HearTask:
             float(duration) if duration else None,
             folds,
             embedding_type,
+            meta.get("evaluation_params") if isinstance(meta.get("evaluation_params"), dict) else None,
         )
 
     @property
@@ -127,8 +129,11 @@ class HearTask:
         return out
 
     def read_split(self, split: str, *, max_seconds: float | None = None) -> Split:
-        """Load one split; unreadable or too-short clips are skipped, counted and named in a warning;
-        labels outside the vocabulary are an error. ``max_seconds``: centre crop (official 12 s)."""
+        """Load one split of a scene task; unreadable or too-short clips are skipped, counted and named
+        in a warning; labels outside the vocabulary are an error. ``max_seconds``: centre crop
+        (official 12 s). Event tasks: :func:`pretrain.model.event_task.read_event_split`."""
+        if self.embedding_type != "scene":
+            raise TaskError(f"{self.name}: an event task; read it with read_event_split")
         label_path = self.root / f"{split}.json"
         if not label_path.is_file():
             raise TaskError(f"{self.root.name}: split {split!r} missing ({label_path.name} not found)")

@@ -36,3 +36,19 @@ def weight_decay(step: int, *, total_steps: int, start: float = 0.04, end: float
 
 def ema_momentum(step: int, *, base: float, total_steps: int) -> float:
     return cosine_schedule(step, base=base, final=1.0, total_steps=total_steps)
+
+
+def exponential_warmup(
+    step: int, *, peak: float, warmup_steps: int, total_steps: int, cos_down: bool, min_scale: float = 0.1
+) -> float:
+    """The DCASE task 4 baseline's ``ExponentialWarmup``, as ATST-SED steps it (``train/local/
+    scheduler.py``): counted from step 1, ``peak * exp(-5 (1 - s / R)^2)`` during the ``R`` warm-up
+    steps, then constant (``cos_down=False``, stage 1) or a half cosine from ``peak`` to
+    ``min_scale * peak`` at ``total_steps`` (stage 2)."""
+    s = step + 1
+    if s < warmup_steps:
+        return peak * math.exp(-5.0 * (1.0 - s / warmup_steps) ** 2)
+    if not cos_down or total_steps <= warmup_steps:
+        return peak
+    progress = min((s - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    return peak * (min_scale + (1 - min_scale) * 0.5 * (1 + math.cos(math.pi * progress)))
