@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.model.hear_task import scene_metadata, write_task
+from pretrain.model.hear_task import event_metadata, scene_metadata, write_task
 
 SR = 16000
 SPLITS = ("train", "valid", "test")
@@ -95,23 +95,6 @@ def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: floa
             files[f"clip_{i:03d}.wav"] = (audio, events)
         splits[split] = files
     return write_task(tasks_dir / name, event_metadata(name, list(SPLITS), seconds), list(EVENT_LABELS), splits)
-
-
-def event_metadata(name: str, splits: list[str], seconds: float, grid: dict | None = None) -> dict:
-    """``task_metadata.json`` of a trainvaltest event task (hear-eval-kit's event scores)."""
-    return {
-        "task_name": name,
-        "version": "synthetic-1",
-        "embedding_type": "event",
-        "prediction_type": "multilabel",
-        "split_mode": "trainvaltest",
-        "splits": splits,
-        "sample_duration": seconds,
-        "evaluation": ["event_onset_200ms_fms", "segment_1s_er"],
-        "evaluation_params": {
-            "event_postprocessing_grid": grid or {"median_filter_ms": [160], "min_duration": [80, 160]},
-        },
-    }
 
 
 PATTERN_LABELS = ("tone_then_noise", "noise_then_tone")

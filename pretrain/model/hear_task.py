@@ -185,6 +185,23 @@ def scene_metadata(name: str, prediction_type: str, splits: list[str], seconds: 
     }
 
 
+def event_metadata(name: str, splits: list[str], seconds: float, grid: dict | None = None) -> dict:
+    """``task_metadata.json`` of a trainvaltest event task (hear-eval-kit's event scores)."""
+    return {
+        "task_name": name,
+        "version": "synthetic-1",
+        "embedding_type": "event",
+        "prediction_type": "multilabel",
+        "split_mode": "trainvaltest",
+        "splits": splits,
+        "sample_duration": seconds,
+        "evaluation": ["event_onset_200ms_fms", "segment_1s_er"],
+        "evaluation_params": {
+            "event_postprocessing_grid": grid or {"median_filter_ms": [160], "min_duration": [80, 160]},
+        },
+    }
+
+
 def write_task(root: Path, metadata: dict, labels: list[str], splits: dict[str, dict]) -> Path:
     """Write a task folder: ``splits`` maps split -> file name -> (16 kHz audio, labels)."""
     if root.exists():

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile
 
 from pretrain.model.audio_io import load_audio
-from pretrain.model.hear_task import scene_metadata, write_task
+from pretrain.model.hear_task import event_metadata, scene_metadata, write_task
 
 SAMPLE_RATE = 16000
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -263,3 +263,43 @@ def make_rendered_corpus(out_dir: str | Path, *, n_clips: int = 300, seconds: fl
         soundfile.write(str(path), _place(rng, clip[: int(seconds * SAMPLE_RATE)], seconds), SAMPLE_RATE)
         paths.append(path)
     return paths
+
+
+DRUM_EVENT_LABELS = ("kick", "snare", "closed_hat")
+DRUM_EVENT_MS = 150.0  # a hit's event: its onset and the next 150 ms (the scores look at onsets)
+
+
+def make_drum_event_task(
+    out_dir: str | Path, *, counts: tuple[int, int, int] = (64, 16, 24), seconds: float = 4.0, seed: int = 300
+) -> Path:
+    """A HEAR event task of rendered sound: kick, snare and closed hi-hat hits (2-6 per clip, at
+    random times, random velocity) over a louder instrument phrase of a random General MIDI program;
+    each hit an event from its onset for 150 ms."""
+    require_tools()
+    rng = np.random.default_rng(seed)
+    splits = ("train", "valid", "test")
+    n = int(seconds * SAMPLE_RATE)
+    files: dict[str, dict] = {}
+    for split, count in zip(splits, counts, strict=True):
+        hits = []
+        for k in rng.integers(2, 7, size=count):
+            times, labels = np.sort(rng.uniform(0.05, seconds - 0.4, size=k)), rng.choice(DRUM_EVENT_LABELS, size=k)
+            velocities = rng.integers(70, 127, size=k)
+            notes = zip(times, labels, velocities, strict=True)
+            hits.append([(t, 0.2, 9, 0, DRUMS[lab], int(v)) for t, lab, v in notes])
+        drums = _render_slots(hits, seconds + 0.5)
+        music = _render_slots([_instrument_notes(rng, int(rng.integers(0, 96)), seconds) for _ in range(count)],
+                              seconds + 0.5)
+        files[split] = {}
+        for i, (notes, d, m) in enumerate(zip(hits, drums, music, strict=True)):
+            clip = _normalised(d[:n]) + rng.uniform(0.5, 1.5) * _normalised(m[:n]) + 0.002 * rng.standard_normal(n)
+            events = [
+                {"label": label, "start": 1000 * t, "end": 1000 * t + DRUM_EVENT_MS}
+                for t, _, _, _, key, _ in notes
+                for label in DRUM_EVENT_LABELS
+                if DRUMS[label] == key
+            ]
+            files[split][f"clip_{i:03d}.wav"] = ((0.9 * clip / np.abs(clip).max()).astype(np.float32), events)
+    name = "drum_events"
+    metadata = event_metadata(name, list(splits), seconds, {"median_filter_ms": [0, 120], "min_duration": [0]})
+    return write_task(Path(out_dir) / name, metadata, list(DRUM_EVENT_LABELS), files)
