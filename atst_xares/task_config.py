@@ -17,6 +17,7 @@ import torch
 from xares.task import TaskConfig
 
 from atst_xares.task_spec import TaskSpec
+from pretrain.model.event_task import token_targets
 
 
 def _frame_offset_ms(encoder: Any, hop_ms: float) -> float:
@@ -27,17 +28,13 @@ class FrameTargets:
     """Events of one clip (its json) -> ``[n_labels, n_frames]`` float targets."""
 
     def __init__(self, labels: list[str], hop_ms: float, offset_ms: float) -> None:
-        self.index = {label: i for i, label in enumerate(labels)}
+        self.labels = labels
         self.hop_ms, self.offset_ms = hop_ms, offset_ms
 
     def __call__(self, sample: dict) -> torch.Tensor:
+        """A frame is active when its centre lies in an event (the fine-tuning targets' rule)."""
         n = max(1, math.ceil(sample["duration_ms"] / self.hop_ms))
-        centres = torch.arange(n, dtype=torch.float64) * self.hop_ms + self.offset_ms
-        target = torch.zeros(len(self.index), n)
-        for event in sample["events"]:
-            active = (centres >= event["start"]) & (centres < event["end"])
-            target[self.index[event["label"]], active] = 1.0
-        return target
+        return token_targets(sample["events"], n, self.labels, hop_ms=self.hop_ms, offset_ms=self.offset_ms).T
 
 
 class ClipTargets:

@@ -122,6 +122,10 @@ def _finetune(args: argparse.Namespace) -> None:
             r = report[mode]
             folds = ", ".join(f"{x['round']} {x['test_scores'][r['metric']]:.4f}" for x in r["rounds"])
             print(f"  {mode:9s} test {r['metric']} {r['test_mean']:.4f} +- {r['test_std']:.4f}  ({folds})")
+            shown = [k for k in r["test_means"] if k != r["metric"] and not k.endswith(("_precision", "_recall"))]
+            others = {k: r["test_means"][k] for k in shown}
+            if others:  # event tasks: the error rate and PSDS beside the onset F-measure
+                print("  " + " " * 9 + " test " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
     print(f"scores: {Path(args.out) / 'scores.json'}")
 
 

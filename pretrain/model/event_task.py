@@ -14,7 +14,6 @@ The counts come back in :attr:`EventSplit.fixes` and in the run's ``scores.json`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -24,10 +23,9 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from pretrain.model.audio_io import AudioFileError, load_audio
 from pretrain.model.encoder import PATCH_FRAMES
 from pretrain.model.extractor import TOKEN_CENTRE_OFFSET_MS, TOKEN_HOP_MS
-from pretrain.model.frontend import MIN_SAMPLES, SAMPLE_RATE, n_frames
+from pretrain.model.frontend import SAMPLE_RATE, n_frames
 from pretrain.model.hear_task import HearTask, TaskError
 
 log = logging.getLogger(__name__)
@@ -56,17 +54,20 @@ def n_tokens(n_samples: int) -> int:
     return n_frames(n_samples) // PATCH_FRAMES
 
 
-def token_centres_ms(count: int) -> Tensor:
+def token_centres_ms(count: int, hop_ms: float = TOKEN_HOP_MS, offset_ms: float = TOKEN_CENTRE_OFFSET_MS) -> Tensor:
     """Centre of token ``k``: ``40 k + 15`` ms (frames ``4k .. 4k+3``, 10 ms apart); hear-eval-kit's
-    timestamps of the package's timestamp embeddings."""
-    return torch.arange(count, dtype=torch.float64) * TOKEN_HOP_MS + TOKEN_CENTRE_OFFSET_MS
+    timestamps of the package's timestamp embeddings. Another frame grid: ``hop_ms``, ``offset_ms``."""
+    return torch.arange(count, dtype=torch.float64) * hop_ms + offset_ms
 
 
-def token_targets(events: list[Event], count: int, labels: list[str]) -> Tensor:
+def token_targets(
+    events: list[Event], count: int, labels: list[str], *, hop_ms: float = TOKEN_HOP_MS,
+    offset_ms: float = TOKEN_CENTRE_OFFSET_MS,
+) -> Tensor:
     """``(count, n_labels)`` 0/1 targets: token ``k`` is active for a label when the centre of the
     token lies in one of its events, ``start <= centre < end``."""
     index = {label: i for i, label in enumerate(labels)}
-    centres = token_centres_ms(count)
+    centres = token_centres_ms(count, hop_ms, offset_ms)
     target = torch.zeros(count, len(labels))
     for event in events:
         active = (centres >= event["start"]) & (centres < event["end"])
@@ -113,27 +114,12 @@ def read_event_split(task: HearTask, split: str) -> EventSplit:
     run through the encoder chunk by chunk on the token grid."""
     if task.embedding_type != "event":
         raise TaskError(f"{task.name}: embedding_type {task.embedding_type!r}, not an event task")
-    label_path = task.root / f"{split}.json"
-    if not label_path.is_file():
-        raise TaskError(f"{task.name}: split {split!r} missing ({label_path.name} not found)")
-    try:
-        entries = json.loads(label_path.read_text())
-    except json.JSONDecodeError as err:
-        raise TaskError(f"{label_path}: not JSON ({err})") from None
-    if not isinstance(entries, dict):
-        raise TaskError(f"{label_path}: expected an object mapping file names to event lists")
+    label_path, entries = task.split_entries(split)
     labels = set(task.labels)
     out = EventSplit(split, [], [], [], [])
     for name, events in entries.items():
-        path = task.root / str(SAMPLE_RATE) / split / name
-        try:
-            wav = load_audio(path)
-        except AudioFileError as err:
-            log.warning("skipping %s", err)
-            out.skipped.append(name)
-            continue
-        if wav.numel() < MIN_SAMPLES:
-            log.warning("skipping %s: %d samples, fewer than %d", path, wav.numel(), MIN_SAMPLES)
+        wav = task.load_clip(split, name)
+        if wav is None:
             out.skipped.append(name)
             continue
         duration_ms = 1000.0 * wav.numel() / SAMPLE_RATE

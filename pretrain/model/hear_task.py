@@ -128,16 +128,41 @@ class HearTask:
             out.append((test, [f for f in self.folds if f not in (test, valid)], valid, test))
         return out
 
+    def split_entries(self, split: str) -> tuple[Path, dict]:
+        """``<split>.json`` and what it maps each file name to (labels, or events); a missing file,
+        one that is not JSON or not an object: a clear error."""
+        label_path = self.root / f"{split}.json"
+        if not label_path.is_file():
+            raise TaskError(f"{self.root.name}: split {split!r} missing ({label_path.name} not found)")
+        try:
+            entries = json.loads(label_path.read_text())
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{label_path}: not JSON ({err})") from None
+        if not isinstance(entries, dict):
+            raise TaskError(f"{label_path}: expected an object mapping file names to their labels or events")
+        return label_path, entries
+
+    def load_clip(self, split: str, name: str) -> Tensor | None:
+        """One clip of a split at 16 kHz, or ``None`` (with a warning naming it) when it cannot be
+        read or is too short for the front end: the caller skips and counts it."""
+        path = self.root / str(SAMPLE_RATE) / split / name
+        try:
+            wav = load_audio(path)
+        except AudioFileError as err:
+            log.warning("skipping %s", err)
+            return None
+        if wav.numel() < MIN_SAMPLES:
+            log.warning("skipping %s: %d samples, fewer than %d", path, wav.numel(), MIN_SAMPLES)
+            return None
+        return wav
+
     def read_split(self, split: str, *, max_seconds: float | None = None) -> Split:
         """Load one split of a scene task; unreadable or too-short clips are skipped, counted and named
         in a warning; labels outside the vocabulary are an error. ``max_seconds``: centre crop
         (official 12 s). Event tasks: :func:`pretrain.model.event_task.read_event_split`."""
         if self.embedding_type != "scene":
             raise TaskError(f"{self.name}: an event task; read it with read_event_split")
-        label_path = self.root / f"{split}.json"
-        if not label_path.is_file():
-            raise TaskError(f"{self.root.name}: split {split!r} missing ({label_path.name} not found)")
-        entries = json.loads(label_path.read_text())
+        label_path, entries = self.split_entries(split)
         index = {label: i for i, label in enumerate(self.labels)}
         wavs, rows, files, skipped = [], [], [], []
         for name, labels in entries.items():
@@ -146,15 +171,8 @@ class HearTask:
                 raise TaskError(f"{label_path}: {name} has labels not in labelvocabulary.csv: {unknown}")
             if not self.multilabel and len(labels) != 1:
                 raise TaskError(f"{label_path}: {name} has {len(labels)} labels in a multiclass task")
-            path = self.root / str(SAMPLE_RATE) / split / name
-            try:
-                wav = load_audio(path)
-            except AudioFileError as err:
-                log.warning("skipping %s", err)
-                skipped.append(name)
-                continue
-            if wav.numel() < MIN_SAMPLES:
-                log.warning("skipping %s: %d samples, fewer than %d", path, wav.numel(), MIN_SAMPLES)
+            wav = self.load_clip(split, name)
+            if wav is None:
                 skipped.append(name)
                 continue
             if max_seconds is not None:
