@@ -22,7 +22,10 @@ from pretrain.finetune.psds import PSDS1, PSDS2, detections_at, psds_scores
 from tests.support.pretrain_runs import ENV, finetune_args, finetune_command
 
 LABELS = ["dog", "bell", "speech"]
-QUICK = ["--preset", "tiny", "--sed-stage1-epochs", "3", "--sed-stage2-epochs", "2", "--sed-batch-size", "4"]
+QUICK = [
+    "--preset", "tiny", "--sed-stage1-epochs", "3", "--sed-stage2-epochs", "2", "--sed-stage2-warmup-epochs", "1",
+    "--sed-batch-size", "4",
+]
 # A randomly initialised encoder learns the patterns only with its lower layers at the full lr and
 # more epochs than the tiny preset's (measured: benchmarks/finetune_events.py, docs/finetuning.md).
 PATTERN_FLAGS = [
@@ -193,6 +196,70 @@ def test_baseline_features_are_the_timestamp_embeddings(tmp_path):
         torch.testing.assert_close(ours, theirs[0], rtol=1e-5, atol=1e-6)
 
 
+# --- the recipe's pieces -----------------------------------------------------------------------------
+
+
+def test_atst_sed_schedule_and_layer_rates():
+    from pretrain.finetune.event_module import sed_layer_scale
+    from pretrain.runs.schedules import exponential_warmup
+
+    # the DCASE baseline's ExponentialWarmup as ATST-SED steps it: counted from 1, exp(-5 (1 - s/R)^2)
+    lr = [exponential_warmup(k, peak=1.0, warmup_steps=10, total_steps=30, cos_down=True) for k in range(30)]
+    assert lr[0] == pytest.approx(np.exp(-5 * 0.9**2)) and lr[8] == pytest.approx(np.exp(-5 * 0.01))
+    assert lr[9] == 1.0 and lr[29] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 20 / 20)))
+    assert all(a >= b for a, b in zip(lr[9:], lr[10:], strict=False))  # cosine down to 0.1 x the peak
+    flat = [exponential_warmup(k, peak=2.0, warmup_steps=10, total_steps=30, cos_down=False) for k in range(9, 30)]
+    assert flat == [2.0] * 21  # stage 1: constant after the warm-up
+    # ATST-SED stage 2 (12 blocks, 0.5): norm_frame 1, block 11 0.5, block 0 0.5^12, embeddings 0.5^13
+    assert sed_layer_scale("norm_frame.weight", 12, 0.5) == 1.0
+    assert sed_layer_scale("blocks.11.attn.qkv.weight", 12, 0.5) == 0.5
+    assert sed_layer_scale("blocks.0.mlp.fc1.bias", 12, 0.5) == 0.5**12
+    assert sed_layer_scale("patch_embed.proj.weight", 12, 0.5) == sed_layer_scale("pos_embed", 12, 0.5) == 0.5**13
+
+
+def test_bigru_head_ignores_the_padding_of_its_batch():
+    from pretrain.finetune.event_module import BiGRUHead
+
+    torch.manual_seed(0)
+    head = BiGRUHead(16, 3, cells=8, layers=2, dropout=0.5).eval()
+    short, long = torch.randn(1, 20, 16), torch.randn(1, 50, 16)
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 30), value=7.0), long])  # junk in the padding
+    together = head(batch, torch.tensor([20, 50]))
+    torch.testing.assert_close(together[0, :20], head(short, torch.tensor([20]))[0])
+    torch.testing.assert_close(together[1], head(long, torch.tensor([50]))[0])
+
+
+def test_training_crops_follow_the_token_grid():
+    from pretrain.finetune.event_run import SAMPLES_PER_TOKEN, _Clips
+    from pretrain.finetune.loop import EpochBatches
+    from pretrain.model.event_task import n_tokens, token_targets
+
+    wav = torch.arange(16000 * 12, dtype=torch.float32)  # 12 s: 300 tokens
+    events = [{"label": "a", "start": 4000.0, "end": 4500.0}]
+    target = token_targets(events, n_tokens(wav.numel()), ["a"])
+    sampler = EpochBatches(1, 1, seed=0)
+    clips = _Clips([wav], [target], crop_tokens=100, seed=0, sampler=sampler)
+    starts = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        _, x, y = clips[0]
+        start = int(x[0]) // SAMPLES_PER_TOKEN
+        assert x.numel() == 100 * SAMPLES_PER_TOKEN and n_tokens(x.numel()) == 100 == y.shape[0]
+        torch.testing.assert_close(y, target[start : start + 100])  # the targets of the crop's own tokens
+        assert torch.equal(clips[0][1], x)  # the same crop within an epoch (a resumed run repeats it)
+        starts.add(start)
+    assert len(starts) > 1  # another crop each epoch
+
+
+def test_event_settings_are_checked():
+    from pretrain.finetune.recipe import FinetuneConfig
+
+    with pytest.raises(ValueError, match="both 0"):
+        FinetuneConfig(sed_stage1_epochs=0, sed_stage2_epochs=0)
+    with pytest.raises(ValueError, match="sed_stage1_warmup_epochs \\(50\\) must be below sed_stage1_epochs \\(20\\)"):
+        FinetuneConfig(sed_stage1_epochs=20)
+
+
 # --- runs ------------------------------------------------------------------------------------------
 
 
@@ -282,7 +349,7 @@ def _validated_epochs(metrics: Path) -> int:
 
 @pytest.mark.stack_independent
 def test_kill_in_stage_two_and_resume_matches_uninterrupted_run(clip_checkpoint, event_task, tmp_path):
-    flags = [*QUICK, "--sed-stage2-epochs", "5"]
+    flags = [*QUICK, "--sed-stage2-epochs", "6"]
     straight = run_finetune(clip_checkpoint, event_task, tmp_path / "straight", *flags)
     out = tmp_path / "interrupted"
     command = finetune_command(clip_checkpoint, event_task, out, *flags)

@@ -196,11 +196,13 @@ def choose_decodings(
     candidates: Sequence[Decoding],
 ) -> list[Decoding]:
     """Per class, the candidate with the best onset F-measure of that class on ``reference`` (the
-    validation split; the first of equals, a class never detected scoring 0)."""
+    validation split; a class never detected scores 0). Of equals, the one whose threshold is nearest
+    0.5 (hear-eval-kit's), so a class absent from validation keeps 0.5 rather than the lowest."""
+    ordered = sorted(candidates, key=lambda d: abs(d.threshold - 0.5))  # stable: grid order among equals
     chosen = []
     for c, label in enumerate(labels):
-        best, best_f = candidates[0], -1.0
-        for decoding in candidates:
+        best, best_f = ordered[0], -1.0
+        for decoding in ordered:
             estimated = {f: posteriors_to_events(p[:, [c]], [label], [decoding]) for f, p in posteriors.items()}
             f_measure = onset_scores(reference, estimated, [label])["class_f_measure"][label]
             f_measure = f_measure if math.isfinite(f_measure) else 0.0

@@ -40,8 +40,11 @@ class EpochBatches(Sampler[list[int]]):
         return max(mine // min(self.batch_size, mine), 1)
 
 
-def make_trainer(config: FinetuneConfig, run_dir: Path, epochs: int) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """A Trainer that validates every epoch and keeps ``best.ckpt`` (highest ``valid/score``) and ``last.ckpt``."""
+def make_trainer(
+    config: FinetuneConfig, run_dir: Path, epochs: int, *, clip_grad: float | None = None
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer that validates every epoch and keeps ``best.ckpt`` (highest ``valid/score``) and
+    ``last.ckpt``; gradients clipped at ``clip_grad`` (default: the scene recipe's ``clip_grad``)."""
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="valid/score", mode="max", save_last=True
     )
@@ -53,7 +56,7 @@ def make_trainer(config: FinetuneConfig, run_dir: Path, epochs: int) -> tuple[pl
         precision=config.precision,
         max_epochs=epochs,
         accumulate_grad_batches=config.accumulate_grad_batches,
-        gradient_clip_val=config.clip_grad,
+        gradient_clip_val=config.clip_grad if clip_grad is None else clip_grad,
         use_distributed_sampler=False,
         callbacks=[best],
         logger=[

@@ -62,6 +62,11 @@ class FinetuneConfig:
     sed_batch_size: int = setting(
         48, "event tasks: clips per device and step (ATST-SED stage 2: 24 strong + 24 synthetic)", unit="clips", low=1
     )
+    sed_train_seconds: float = setting(
+        10.0, "event tasks, stage 2: each training clip cropped at random to this on the token grid, anew each "
+        "epoch (ATST-SED trains on DESED's 10 s clips; memory grows with it); validation and test clips stay whole "
+        "(0: no crop)", unit="seconds", low=0.0,
+    )
     sed_stage1_epochs: int = setting(
         200, "event tasks, stage 1: the head on the frozen encoder's last block (0: no stage 1)", unit="epochs", low=0
     )
@@ -96,6 +101,16 @@ class FinetuneConfig:
         "auto", "auto: each round continues from its last.ckpt if there is one; never: start afresh",
         choices=("auto", "never"), official=False,
     )
+
+    def __post_init__(self) -> None:
+        if self.sed_stage1_epochs == 0 and self.sed_stage2_epochs == 0:
+            raise ValueError("sed_stage1_epochs and sed_stage2_epochs are both 0: an event task needs one stage")
+        for stage in ("stage1", "stage2"):
+            epochs, warmup = getattr(self, f"sed_{stage}_epochs"), getattr(self, f"sed_{stage}_warmup_epochs")
+            if epochs and warmup >= epochs:
+                raise ValueError(f"sed_{stage}_warmup_epochs ({warmup}) must be below sed_{stage}_epochs ({epochs})")
+        if 0 < self.sed_train_seconds < 1.0:
+            raise ValueError(f"sed_train_seconds must be 0 (no crop) or at least 1 s, got {self.sed_train_seconds}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -160,6 +175,4 @@ def from_arguments(args: argparse.Namespace) -> FinetuneConfig:
     config = settings.from_arguments(args, FinetuneConfig, PRESETS, args.preset)
     if config.warmup_epochs >= config.epochs:
         raise ValueError(f"warmup_epochs ({config.warmup_epochs}) must be below epochs ({config.epochs})")
-    if config.sed_stage1_epochs == 0 and config.sed_stage2_epochs == 0:
-        raise ValueError("sed_stage1_epochs and sed_stage2_epochs are both 0: an event task needs one stage")
     return config

@@ -163,6 +163,11 @@ def run_round(
     return result
 
 
+def _mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else float("nan")
+
+
 def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, config: FinetuneConfig) -> dict[str, Any]:
     """Every round of the task in the chosen modes; returns (and writes to ``OUT/scores.json``) the
     scores: per round, the k-fold mean, fine-tuned and frozen side by side."""
@@ -196,12 +201,15 @@ def finetune(checkpoint: str | Path, task_dir: str | Path, out: str | Path, conf
             for name, train, valid, test in task.rounds()
         ]
         metric = next(iter(rounds[0]["test_scores"]))
-        values = [r["test_scores"][metric] for r in rounds]
+        values = np.array([r["test_scores"][metric] for r in rounds], dtype=float)
         report[mode] = {
             "metric": metric,
-            "test_mean": float(np.mean(values)),
-            "test_std": float(np.std(values)),
-            "test_means": {k: float(np.mean([r["test_scores"][k] for r in rounds])) for k in rounds[0]["test_scores"]},
+            # an event round without any detection has no onset F (NaN, as sed_eval): left out of the
+            # mean and counted, rather than making the task's mean NaN
+            "test_mean": _mean(values),
+            "test_std": float(np.nanstd(values)) if np.isfinite(values).any() else float("nan"),
+            "test_means": {k: _mean([r["test_scores"][k] for r in rounds]) for k in rounds[0]["test_scores"]},
+            "rounds_without_score": int((~np.isfinite(values)).sum()),
             "rounds": rounds,
         }
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
