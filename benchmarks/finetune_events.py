@@ -2,6 +2,8 @@
 
     .venv-current/bin/python benchmarks/finetune_events.py --out benchmarks/finetune_events_cpu.md
     .venv-current/bin/python benchmarks/finetune_events.py --pretrain-steps 1500 ...   # + tiny-long rows
+    .venv-current/bin/python benchmarks/finetune_events.py --pretrained-clip C.ckpt --pretrained-frame F.ckpt \
+        --pretrained-label "tiny-long, 1,500 steps" ...                                  # files pretrained before
 
 The task (`pretrain.training.rendered_sound.make_drum_event_task`): kick, snare and closed hi-hat
 hits at random times over a louder instrument phrase of a random General MIDI program, rendered by
@@ -53,6 +55,7 @@ def main() -> None:
     for family in ("clip", "frame"):
         parser.add_argument(f"--pretrained-{family}", type=Path, default=None,
                             help=f"a pretrained {family.title()} checkpoint to add rows for")
+    parser.add_argument("--pretrained-label", default="pretrained", help="the encoder column's name for those files")
     parser.add_argument("--heads", nargs="+", default=["linear", "bigru"], choices=["linear", "bigru"],
                         help="the heads to compare")
     args = parser.parse_args()
@@ -71,7 +74,7 @@ def main() -> None:
             encoders = {"random init": write_random_checkpoint(root / f"{family}.ckpt", "tiny", family=family, seed=0)}
             given = args.pretrained_clip if family == "clip" else args.pretrained_frame
             if given is not None:
-                encoders[f"pretrained ({given.name})"] = given
+                encoders[args.pretrained_label] = given
             elif args.pretrain_steps:
                 encoders[f"tiny-long, {args.pretrain_steps} steps"] = pretrained(family, root, args.pretrain_steps)
             for encoder, checkpoint in encoders.items():
