@@ -323,7 +323,7 @@ def test_finetuning_beats_the_frozen_baseline_on_temporal_patterns(family, tmp_p
     report = run_finetune(checkpoint, task, tmp_path / "out", *PATTERN_FLAGS, "--baseline", "true")
     frozen, tuned = report["frozen"]["test_means"], report["finetune"]["test_means"]
     assert frozen["event_onset_200ms_precision"] <= 0.6, frozen
-    # measured (Intel Xeon, torch 2.15): onset F 0.667 -> 0.814 (Clip), 0.648 -> 0.722 (Frame); segment
+    # measured (AMD EPYC, torch 2.15): onset F 0.667 -> 0.814 (Clip), 0.648 -> 0.722 (Frame); segment
     # error rate 1.0 -> 0.40 (Clip), 1.0 -> 0.42 (Frame)
     assert tuned["event_onset_200ms_fms"] >= frozen["event_onset_200ms_fms"] + 0.04, (frozen, tuned)
     assert tuned["segment_1s_er"] <= frozen["segment_1s_er"] - 0.3, (frozen, tuned)
