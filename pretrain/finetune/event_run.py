@@ -221,7 +221,7 @@ def _fit_stage(
         selected_path = best.best_model_path
         if trainer.is_global_zero:
             plot_run(run_dir, curves=CURVES, title=f"ATST event task, {stage}")
-            relative = str(Path(selected_path).relative_to(run_dir))
+            relative = str(Path(selected_path).resolve().relative_to(run_dir.resolve()))
             done.write_text(json.dumps({"best": relative, "settings": settings}))
     selected = read_checkpoint(selected_path)  # the package's safe reader: no code from the file runs
     module.load_state_dict(selected["state_dict"])
