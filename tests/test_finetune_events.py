@@ -147,7 +147,7 @@ def test_psds_equals_psds_eval(seed, psds_eval_on_pandas_3):
             rows = [
                 {"filename": f, "onset": e["start"] / 1000, "offset": e["end"] / 1000, "event_label": e["label"]}
                 for f, p in filtered.items()
-                for e in detections_at(p, LABELS, [0, 0, 0], float(threshold))
+                for e in detections_at(p, LABELS, float(threshold))
             ]
             evaluator.add_operating_point(pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"]))
         expected = evaluator.psds(setting.alpha_ct, setting.alpha_st, max_efpr=None)

@@ -51,6 +51,16 @@ class Decoding:
         return int(round(self.median_filter_ms / TOKEN_HOP_MS))
 
 
+def token_runs(track: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """``(first, last)`` token of each run of consecutive tokens whose value exceeds ``threshold``."""
+    active = np.flatnonzero(track > threshold)
+    if not len(active):
+        return []
+    breaks = np.flatnonzero(np.diff(active) > 1)
+    firsts, lasts = np.r_[0, breaks + 1], np.r_[breaks, len(active) - 1]
+    return [(int(active[a]), int(active[b])) for a, b in zip(firsts, lasts, strict=True)]
+
+
 def posteriors_to_events(probs: np.ndarray, labels: Sequence[str], decodings: Sequence[Decoding]) -> list[Event]:
     """Events of one clip from its ``(n_tokens, n_labels)`` posteriors, one :class:`Decoding` per label."""
     times = token_centres_ms(len(probs)).numpy()
@@ -60,12 +70,8 @@ def posteriors_to_events(probs: np.ndarray, labels: Sequence[str], decodings: Se
         width = decoding.filter_width()
         if width:
             track = median_filter(track, size=width)
-        active = np.flatnonzero(track > decoding.threshold)
-        if not len(active):
-            continue
-        breaks = np.flatnonzero(np.diff(active) > 1)
-        for first, last in zip(np.r_[0, breaks + 1], np.r_[breaks, len(active) - 1], strict=True):
-            start, end = float(times[active[first]]), float(times[active[last]])
+        for first, last in token_runs(track, decoding.threshold):
+            start, end = float(times[first]), float(times[last])
             if end - start >= decoding.min_duration_ms:
                 events.append({"label": label, "start": start, "end": end})
     return sorted(events, key=lambda e: (e["start"], e["label"]))

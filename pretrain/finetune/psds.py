@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
+from pretrain.finetune.event_metrics import token_runs
 from pretrain.model.event_task import Event, token_centres_ms
 from pretrain.model.extractor import TOKEN_HOP_MS
 
@@ -138,26 +139,16 @@ def psds_of_points(points: Sequence[tuple[np.ndarray, np.ndarray]], setting: PSD
     return float((np.diff(grid[keep]) * etpr[keep][:-1]).sum() / setting.max_efpr)
 
 
-def detections_at(
-    probs: np.ndarray, labels: Sequence[str], filter_widths: Sequence[int], threshold: float
-) -> list[Event]:
-    """One clip's detections at ``threshold`` from ``(n_tokens, n_labels)`` posteriors (already
-    median-filtered when ``filter_widths`` is all zeros); extents as in the module's notes."""
+def detections_at(probs: np.ndarray, labels: Sequence[str], threshold: float) -> list[Event]:
+    """One clip's detections at ``threshold`` from its (median-filtered) ``(n_tokens, n_labels)``
+    posteriors; extents as in the module's notes."""
     centres = token_centres_ms(len(probs)).numpy()
     half = TOKEN_HOP_MS / 2
-    out = []
-    for c, label in enumerate(labels):
-        track = probs[:, c]
-        if filter_widths[c] > 1:
-            track = median_filter(track, size=filter_widths[c])
-        active = np.flatnonzero(track > threshold)
-        if not len(active):
-            continue
-        breaks = np.flatnonzero(np.diff(active) > 1)
-        for first, last in zip(np.r_[0, breaks + 1], np.r_[breaks, len(active) - 1], strict=True):
-            start = max(float(centres[active[first]]) - half, 0.0)
-            out.append({"label": label, "start": start, "end": float(centres[active[last]]) + half})
-    return out
+    return [
+        {"label": label, "start": max(float(centres[first]) - half, 0.0), "end": float(centres[last]) + half}
+        for c, label in enumerate(labels)
+        for first, last in token_runs(probs[:, c], threshold)
+    ]
 
 
 def psds_scores(
@@ -181,9 +172,8 @@ def psds_scores(
         for file, p in posteriors.items()
     }
     points: dict[str, list] = {name: [] for name in settings}
-    no_filter = [0] * len(labels)
     for threshold in thresholds:
-        detections = {f: detections_at(p, labels, no_filter, float(threshold)) for f, p in filtered.items()}
+        detections = {f: detections_at(p, labels, float(threshold)) for f, p in filtered.items()}
         for name, setting in settings.items():
             points[name].append(operating_point(detections, ground_truth, durations_s, labels, setting))
     return {name: psds_of_points(points[name], settings[name]) for name in settings}
