@@ -75,25 +75,32 @@ def make_scene_task(
 EVENT_LABELS = ("tone", "noise")
 
 
+def _event_splits(counts, make_clip) -> dict[str, dict]:
+    """``write_task``'s splits of an event task: ``make_clip()`` -> (audio, events) for each clip."""
+    return {
+        split: {f"clip_{i:03d}.wav": make_clip() for i in range(count)}
+        for split, count in zip(SPLITS, counts, strict=True)
+    }
+
+
 def make_event_task(tasks_dir: Path, *, name: str = "synth_event", seconds: float = 4.0, counts=(12, 4, 4), seed=1):
     """Multilabel event task: 1-3 tone or noise bursts per clip with onsets/offsets in ms."""
     rng = np.random.default_rng(seed)
     n = int(seconds * SR)
-    splits = {}
-    for split, count in zip(SPLITS, counts, strict=True):
-        files = {}
-        for i in range(count):
-            audio = 0.003 * rng.standard_normal(n)
-            events = []
-            for slot in range(int(rng.integers(1, 4))):
-                label = EVENT_LABELS[int(rng.integers(0, 2))]
-                slot_start = slot * n // 3
-                length = int(rng.uniform(0.3, 0.9) * SR)
-                start = slot_start + int(rng.integers(0, n // 3 - length))
-                audio[start : start + length] += _shaped(rng, label, length)
-                events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + length) / SR})
-            files[f"clip_{i:03d}.wav"] = (audio, events)
-        splits[split] = files
+
+    def clip():
+        audio = 0.003 * rng.standard_normal(n)
+        events = []
+        for slot in range(int(rng.integers(1, 4))):
+            label = EVENT_LABELS[int(rng.integers(0, 2))]
+            slot_start = slot * n // 3
+            length = int(rng.uniform(0.3, 0.9) * SR)
+            start = slot_start + int(rng.integers(0, n // 3 - length))
+            audio[start : start + length] += _shaped(rng, label, length)
+            events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + length) / SR})
+        return audio, events
+
+    splits = _event_splits(counts, clip)
     return write_task(tasks_dir / name, event_metadata(name, list(SPLITS), seconds), list(EVENT_LABELS), splits)
 
 
@@ -110,23 +117,22 @@ def make_pattern_event_task(
     see. Two patterns per clip, one in each half, labels drawn independently."""
     rng = np.random.default_rng(seed)
     n = int(seconds * SR)
-    splits = {}
-    for split, count in zip(SPLITS, counts, strict=True):
-        files = {}
-        for i in range(count):
-            audio = 0.002 * rng.standard_normal(n)
-            events = []
-            for half in range(2):
-                label = PATTERN_LABELS[int(rng.integers(0, 2))]
-                part = int(rng.uniform(0.2, 0.3) * SR)
-                start = half * n // 2 + int(rng.integers(0, n // 2 - 2 * part))
-                first, second = ("tone", "noise") if label == PATTERN_LABELS[0] else ("noise", "tone")
-                level = rng.uniform(0.5, 1.0)
-                audio[start : start + part] += level * _shaped(rng, first, part)
-                audio[start + part : start + 2 * part] += level * _shaped(rng, second, part)
-                events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + 2 * part) / SR})
-            files[f"clip_{i:03d}.wav"] = (audio, events)
-        splits[split] = files
+
+    def clip():
+        audio = 0.002 * rng.standard_normal(n)
+        events = []
+        for half in range(2):
+            label = PATTERN_LABELS[int(rng.integers(0, 2))]
+            part = int(rng.uniform(0.2, 0.3) * SR)
+            start = half * n // 2 + int(rng.integers(0, n // 2 - 2 * part))
+            first, second = ("tone", "noise") if label == PATTERN_LABELS[0] else ("noise", "tone")
+            level = rng.uniform(0.5, 1.0)
+            audio[start : start + part] += level * _shaped(rng, first, part)
+            audio[start + part : start + 2 * part] += level * _shaped(rng, second, part)
+            events.append({"label": label, "start": 1000 * start / SR, "end": 1000 * (start + 2 * part) / SR})
+        return audio, events
+
+    splits = _event_splits(counts, clip)
     return write_task(tasks_dir / name, event_metadata(name, list(SPLITS), seconds), list(PATTERN_LABELS), splits)
 
 
